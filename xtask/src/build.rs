@@ -1,0 +1,287 @@
+//! `cargo xtask build-image [STACK]`: everything a stack boots, built from
+//! source into `target/cloister/<stack>/`, one cached stage at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::cache::{self, short, KeyBuilder, Stamp};
+use crate::manifest::{self, Item, Manifest};
+use crate::stack::{self, Stack};
+use crate::stage::{run_stage, Outcome};
+use crate::{deps, initramfs, kernel, pins};
+
+/// `cargo xtask build-image [STACK] [--clean]`
+#[derive(Debug, clap::Args)]
+pub struct BuildImage {
+    /// Stack name (a file in stacks/ without .toml).
+    #[arg(default_value = crate::DEFAULT_STACK)]
+    stack: String,
+    /// Throw away this stack's outputs and the shared caches, then build.
+    #[arg(long)]
+    clean: bool,
+}
+
+impl BuildImage {
+    pub fn run(self) -> Result<()> {
+        build_image(&self.stack, self.clean).map(|_| ())
+    }
+}
+
+/// Output directory of a stack.
+pub fn stack_dir(stack: &str) -> PathBuf {
+    crate::cloister_dir().join(stack)
+}
+
+/// Path of a stack's manifest.
+pub fn manifest_path(stack: &str) -> PathBuf {
+    stack_dir(stack).join("manifest.json")
+}
+
+/// Builds `stack_name` and returns its manifest.
+pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
+    let started = Instant::now();
+    let root = crate::project_root();
+    let stack = stack::load(&root, stack_name)?;
+    let out = stack_dir(stack_name);
+    let cache_dir = crate::cloister_dir().join("cache");
+    if clean {
+        for dir in [&out, &cache_dir] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+    }
+    let logs = out.join("logs");
+    let stamps = out.join("stamps");
+    println!("build-image {} -> {}", stack.name, out.display());
+
+    run_stage(&logs, "host-deps", deps::ensure_host)?;
+
+    let pin = pins::load(&root)?;
+    let patches = kernel::read_series(&stack.patch_dir)?;
+    let mut warning = None;
+    let (tree, tarball_sha, package_version) = run_stage(&logs, "linux-source", |stage| {
+        let version = pins::installed_version(&pin.package)?;
+        stage.status(&format!("sha256 {}", pin.tarball.display()));
+        let sha = cache::sha256_file_memo(&cache_dir.join("sha256-memo.json"), &pin.tarball)?;
+        if let pins::SourceCheck::OtherPointRelease { warning: w } =
+            pins::check(&pin, &version, &sha)?
+        {
+            stage.log(&w);
+            warning = Some(w);
+        }
+        let (tree, outcome) =
+            kernel::prepare_source(stage, &cache_dir, &pin.tarball, &sha, &patches)?;
+        Ok(((tree, sha, version), outcome))
+    })?;
+    if let Some(w) = warning {
+        println!("{w}");
+    }
+
+    let kernel_build = run_stage(&logs, "host-kernel", |stage| {
+        kernel::build(
+            stage,
+            &tree,
+            &out.join("build/host-kernel"),
+            &stack.fragment_paths,
+            &stamps,
+        )
+    })?;
+
+    let (busybox, busybox_deb) =
+        run_stage(&logs, "busybox", |stage| deps::busybox(stage, &cache_dir))?;
+
+    let agent = run_stage(&logs, "agent", |stage| {
+        build_musl_binary(stage, &root, "cloister-agent", &stamps)
+    })?;
+
+    let overlay = root.join("stacks/rootfs/host");
+    let initrd = out.join("host-initramfs.cpio");
+    run_stage(&logs, "initramfs", |stage| {
+        let mut key = KeyBuilder::new("host-initramfs");
+        key.add_file("busybox", &busybox)?
+            .add_file("agent", &agent)?;
+        for entry in initramfs::overlay_entries(&overlay)? {
+            key.add_str("overlay", &format!("{entry:?}"));
+        }
+        let key = key.finish();
+        let stamp = Stamp::new(&stamps, "initramfs");
+        if stamp.is_fresh(&key, &[&initrd]) {
+            return Ok(((), Outcome::Cached(format!("key {}", short(&key)))));
+        }
+        stage.status("writing newc cpio");
+        let entries =
+            initramfs::host_entries(std::fs::read(&busybox)?, std::fs::read(&agent)?, &overlay)?;
+        let mut bytes = Vec::new();
+        initramfs::write_newc(&entries, &mut bytes)?;
+        std::fs::write(&initrd, &bytes)?;
+        stamp.record(&key)?;
+        Ok((
+            (),
+            Outcome::Built(format!(
+                "{} entries, {} KiB",
+                entries.len(),
+                bytes.len() / 1024
+            )),
+        ))
+    })?;
+
+    // Copy the kernel out of its build tree so the stack directory holds
+    // exactly what boots.
+    let image = out.join("host-Image");
+    copy_if_changed(&kernel_build.image, &image)?;
+
+    let busybox_version = deb_version(&busybox_deb);
+    let mut inputs = vec![
+        Item::file_with_hash(
+            "linux-source",
+            &pin.tarball,
+            Some(package_version),
+            tarball_sha,
+        ),
+        Item::file("stack", &stack.path, None)?,
+        Item::file("busybox-static-arm64", &busybox_deb, busybox_version)?,
+    ];
+    for f in &stack.fragment_paths {
+        inputs.push(Item::file("kernel-fragment", f, None)?);
+    }
+    for p in &patches {
+        inputs.push(Item::file("kernel-patch", p, None)?);
+    }
+    for entry in initramfs::overlay_entries(&overlay)? {
+        if let initramfs::Entry::File { path, .. } = entry {
+            inputs.push(Item::file(
+                "rootfs-overlay",
+                &overlay.join(path.trim_start_matches('/')),
+                None,
+            )?);
+        }
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        stack: stack.name.clone(),
+        git: manifest::git_info(&root),
+        tools: vec![
+            Item::tool("rustc", manifest::tool_version("rustc")),
+            Item::tool(
+                "aarch64-linux-gnu-gcc",
+                manifest::tool_version("aarch64-linux-gnu-gcc"),
+            ),
+            Item::tool(
+                "qemu-system-aarch64",
+                manifest::tool_version("qemu-system-aarch64"),
+            ),
+        ],
+        inputs,
+        outputs: vec![
+            Item::file("host-kernel", &image, Some(kernel_build.release.clone()))?,
+            Item::file(
+                "host-vmlinux",
+                &kernel_build.vmlinux,
+                Some(kernel_build.release.clone()),
+            )?,
+            Item::file("host-kernel-config", &kernel_build.dotconfig, None)?,
+            Item::file("host-initramfs", &initrd, None)?,
+            Item::file("cloister-agent", &agent, None)?,
+        ],
+        kernel_release: kernel_build.release.clone(),
+    };
+    std::fs::write(
+        out.join("stack.resolved.toml"),
+        stack::render_resolved(&stack)?,
+    )?;
+    let manifest_file = manifest_path(stack_name);
+    std::fs::write(&manifest_file, serde_json::to_string_pretty(&manifest)?)?;
+    print_summary(&stack, &manifest, &manifest_file, started);
+    Ok(manifest)
+}
+
+fn print_summary(stack: &Stack, manifest: &Manifest, manifest_file: &Path, started: Instant) {
+    println!(
+        "stack {} ready in {:.1}s:",
+        stack.name,
+        started.elapsed().as_secs_f64()
+    );
+    for item in &manifest.outputs {
+        let size = item.size.unwrap_or(0);
+        let path = item.path.as_deref().map(Path::display);
+        println!(
+            "  {:20} {:>9} KiB  {}",
+            item.name,
+            size / 1024,
+            path.map_or(String::new(), |p| p.to_string())
+        );
+    }
+    println!(
+        "  manifest             {} (git {}{})",
+        manifest_file.display(),
+        short(&manifest.git.revision),
+        if manifest.git.dirty { ", dirty" } else { "" }
+    );
+}
+
+/// Builds a workspace binary as a static aarch64 musl executable.
+fn build_musl_binary(
+    stage: &mut crate::stage::Stage,
+    root: &Path,
+    package: &str,
+    stamps: &Path,
+) -> Result<(PathBuf, Outcome)> {
+    const TARGET: &str = "aarch64-unknown-linux-musl";
+    stage.status(&format!(
+        "cargo build --release --target {TARGET} -p {package}"
+    ));
+    // cargo does its own change tracking; we only report whether the binary
+    // changed.
+    stage.run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", TARGET, "-p", package])
+            .current_dir(root),
+    )?;
+    let binary = root
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join(package);
+    let hash = cache::sha256_file(&binary)?;
+    let stamp = Stamp::new(stamps, package);
+    if stamp.is_fresh(&hash, &[&binary]) {
+        return Ok((binary, Outcome::Cached("cargo: binary unchanged".into())));
+    }
+    stamp.record(&hash)?;
+    Ok((
+        binary,
+        Outcome::Built(format!("{package} {}", short(&hash))),
+    ))
+}
+
+fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
+    let same = to.exists() && cache::sha256_file(from)? == cache::sha256_file(to)?;
+    if !same {
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// The version in a Debian package file name (`name_version_arch.deb`).
+fn deb_version(deb: &Path) -> Option<String> {
+    let name = deb.file_name()?.to_str()?;
+    let version = name.split('_').nth(1)?;
+    Some(version.replace("%3a", ":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb_version_is_read_from_the_file_name() {
+        let deb = Path::new("/x/busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb");
+        assert_eq!(deb_version(deb).as_deref(), Some("1:1.35.0-4+deb12u1+b1"));
+    }
+}

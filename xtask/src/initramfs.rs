@@ -1,0 +1,330 @@
+//! Initramfs images: a newc cpio written here, in Rust, from a list of
+//! entries, so the image is byte-for-byte reproducible (fixed inode numbers,
+//! mtime 0, uid/gid 0) and needs no host `cpio`, `find` or root.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cpio::newc::{trailer, Builder};
+
+/// One entry of the archive. Paths are absolute inside the image ("/bin/sh").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    CharDev {
+        path: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. }
+            | Entry::File { path, .. }
+            | Entry::Symlink { path, .. }
+            | Entry::CharDev { path, .. } => path,
+        }
+    }
+}
+
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+const S_IFCHR: u32 = 0o020_000;
+
+/// Writes `entries` as a newc archive. Parent directories must come before
+/// their children (the kernel's unpacker does not create them).
+pub fn write_newc(entries: &[Entry], mut out: impl Write) -> Result<()> {
+    let mut seen_dirs = std::collections::BTreeSet::from([String::new()]);
+    for (ino, entry) in (1u32..).zip(entries) {
+        let path = entry.path();
+        let Some(rel) = path
+            .strip_prefix('/')
+            .filter(|r| !r.is_empty() && !r.ends_with('/'))
+        else {
+            bail!("initramfs entry {path:?}: expected an absolute path like /bin/sh");
+        };
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        if !seen_dirs.contains(parent) {
+            bail!("initramfs entry {path:?}: parent directory /{parent} must be listed before it");
+        }
+        let builder = Builder::new(rel).ino(ino).uid(0).gid(0).mtime(0);
+        let (builder, data): (Builder, &[u8]) = match entry {
+            Entry::Dir { mode, .. } => {
+                seen_dirs.insert(rel.to_owned());
+                (builder.mode(S_IFDIR | mode).nlink(2), &[])
+            }
+            Entry::File { mode, data, .. } => (builder.mode(S_IFREG | mode).nlink(1), data),
+            Entry::Symlink { target, .. } => {
+                (builder.mode(S_IFLNK | 0o777).nlink(1), target.as_bytes())
+            }
+            Entry::CharDev {
+                mode, major, minor, ..
+            } => (
+                builder
+                    .mode(S_IFCHR | mode)
+                    .nlink(1)
+                    .rdev_major(*major)
+                    .rdev_minor(*minor),
+                &[],
+            ),
+        };
+        let size =
+            u32::try_from(data.len()).with_context(|| format!("{path}: larger than 4 GiB"))?;
+        let mut writer = builder.write(out, size);
+        writer.write_all(data)?;
+        out = writer.finish()?;
+    }
+    trailer(out)?;
+    Ok(())
+}
+
+/// Adds every file and directory under `overlay` (sorted, so the archive is
+/// reproducible), keeping the executable bit.
+pub fn overlay_entries(overlay: &Path) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    walk(overlay, overlay, &mut entries)?;
+    Ok(entries)
+}
+
+fn walk(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut children: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    children.sort();
+    for path in children {
+        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+        let image_path = format!("/{rel}");
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            entries.push(Entry::Dir {
+                path: image_path,
+                mode: 0o755,
+            });
+            walk(root, &path, entries)?;
+        } else if meta.is_file() {
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            entries.push(Entry::File {
+                path: image_path,
+                mode,
+                data,
+            });
+        } else {
+            bail!(
+                "{}: only files and directories may be in a rootfs overlay",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The host initramfs: busybox for the demo shell (busybox init as /init,
+/// configured by the overlay's /etc/inittab) and the test agent, which the
+/// e2e runner starts instead with `rdinit=/sbin/cloister-agent`.
+pub fn host_entries(busybox: Vec<u8>, agent: Vec<u8>, overlay: &Path) -> Result<Vec<Entry>> {
+    let mut entries: Vec<Entry> = [
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/root",
+    ]
+    .into_iter()
+    .map(|p| Entry::Dir {
+        path: p.to_owned(),
+        mode: 0o755,
+    })
+    .collect();
+    entries.extend([
+        // The kernel opens /dev/console for init's stdio before anything
+        // mounts devtmpfs.
+        Entry::CharDev {
+            path: "/dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::File {
+            path: "/bin/busybox".into(),
+            mode: 0o755,
+            data: busybox,
+        },
+        Entry::Symlink {
+            path: "/bin/sh".into(),
+            target: "busybox".into(),
+        },
+        Entry::Symlink {
+            path: "/init".into(),
+            target: "bin/busybox".into(),
+        },
+        Entry::File {
+            path: "/sbin/cloister-agent".into(),
+            mode: 0o755,
+            data: agent,
+        },
+        Entry::Symlink {
+            path: "/bin/cloister-agent".into(),
+            target: "../sbin/cloister-agent".into(),
+        },
+    ]);
+    entries.extend(overlay_entries(overlay)?);
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read_back(archive: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = archive;
+        loop {
+            let mut reader = cpio::NewcReader::new(rest).unwrap();
+            if reader.entry().is_trailer() {
+                break;
+            }
+            let e = reader.entry();
+            let (name, mode, rdev) = (e.name().to_owned(), e.mode(), e.rdev_minor());
+            let mut data = Vec::new();
+            reader.read_to_end(&mut data).unwrap();
+            out.push((name, mode, rdev, data));
+            rest = reader.finish().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn archive_reads_back_with_types_modes_and_contents() {
+        let entries = vec![
+            Entry::Dir {
+                path: "/bin".into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                path: "/bin/tool".into(),
+                mode: 0o755,
+                data: b"hello".to_vec(),
+            },
+            Entry::Symlink {
+                path: "/init".into(),
+                target: "bin/tool".into(),
+            },
+            Entry::Dir {
+                path: "/dev".into(),
+                mode: 0o755,
+            },
+            Entry::CharDev {
+                path: "/dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+        ];
+        let mut archive = Vec::new();
+        write_newc(&entries, &mut archive).unwrap();
+        assert_eq!(&archive[..6], b"070701");
+        let back = read_back(&archive);
+        let summary: Vec<(&str, u32, u32, &[u8])> = back
+            .iter()
+            .map(|(n, m, r, d)| (n.as_str(), *m, *r, d.as_slice()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("bin", 0o040755, 0, &b""[..]),
+                ("bin/tool", 0o100755, 0, b"hello"),
+                ("init", 0o120777, 0, b"bin/tool"),
+                ("dev", 0o040755, 0, b""),
+                ("dev/console", 0o020600, 1, b""),
+            ]
+        );
+        let mut again = Vec::new();
+        write_newc(&entries, &mut again).unwrap();
+        assert_eq!(archive, again, "archives must be reproducible");
+    }
+
+    #[test]
+    fn entries_need_absolute_paths_and_listed_parents() {
+        let err = write_newc(
+            &[Entry::Dir {
+                path: "bin".into(),
+                mode: 0o755,
+            }],
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("expected an absolute path"),
+            "{err}"
+        );
+        let orphan = Entry::File {
+            path: "/usr/bin/x".into(),
+            mode: 0o644,
+            data: vec![],
+        };
+        let err = write_newc(&[orphan], Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("parent directory /usr/bin"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn host_image_has_init_agent_and_overlay() {
+        let overlay = crate::project_root().join("stacks/rootfs/host");
+        let entries = host_entries(b"bb".to_vec(), b"agent".to_vec(), &overlay).unwrap();
+        let mut archive = Vec::new();
+        write_newc(&entries, &mut archive).unwrap();
+        let names: Vec<String> = read_back(&archive).into_iter().map(|e| e.0).collect();
+        for wanted in [
+            "init",
+            "bin/busybox",
+            "sbin/cloister-agent",
+            "dev/console",
+            "etc/inittab",
+            "etc/init.d/rcS",
+        ] {
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{wanted} missing from {names:?}"
+            );
+        }
+        let rcs = read_back(&archive)
+            .into_iter()
+            .find(|e| e.0 == "etc/init.d/rcS")
+            .unwrap();
+        assert_eq!(rcs.1 & 0o111, 0o111, "rcS must stay executable");
+    }
+}

@@ -1,0 +1,107 @@
+//! `cargo xtask run [STACK]`: boot a stack with the console on this terminal.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::build;
+use crate::manifest::Manifest;
+use crate::qemu::{self, ArtifactPaths, BootOptions, Console};
+use crate::stage::{display_command, shell_quote};
+
+/// `cargo xtask run [STACK] [--gdb] [--trace] [--append ARGS] [--timeout S] [--dry-run]`
+#[derive(Debug, clap::Args)]
+pub struct Run {
+    /// Stack name (a file in stacks/ without .toml).
+    #[arg(default_value = crate::DEFAULT_STACK)]
+    stack: String,
+    /// Start QEMU's gdbstub on :1234 with the CPUs stopped; prints the
+    /// gdb-multiarch line to attach.
+    #[arg(long)]
+    gdb: bool,
+    /// Log interrupts, guest errors and unimplemented accesses
+    /// (`-d int,guest_errors,unimp`) to target/cloister/<stack>/logs/qemu-trace.log.
+    #[arg(long)]
+    trace: bool,
+    /// Extra kernel command-line arguments.
+    #[arg(long, value_name = "ARGS")]
+    append: Vec<String>,
+    /// Stop QEMU after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Print the QEMU command line instead of building and booting.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Run {
+    pub fn run(self) -> Result<()> {
+        let root = crate::project_root();
+        let stack = crate::stack::load(&root, &self.stack)?;
+        let stack_dir = build::stack_dir(&self.stack);
+        let paths = if self.dry_run {
+            ArtifactPaths::expected(&stack_dir)
+        } else {
+            let manifest = build::build_image(&self.stack, false)?;
+            ArtifactPaths::from_manifest(&manifest)?
+        };
+        let trace = self.trace.then(|| stack_dir.join("logs/qemu-trace.log"));
+        let opts = BootOptions {
+            console: Console::Interactive,
+            extra_cmdline: self.append.clone(),
+            results: None,
+            gdb: self.gdb,
+            trace: trace.clone(),
+        };
+        let qemu_path = if self.dry_run {
+            qemu::binary().unwrap_or_else(|_| qemu::QEMU.into())
+        } else {
+            qemu::binary()?
+        };
+        let mut cmd = Command::new(&qemu_path);
+        cmd.args(qemu::args(&stack, &paths, &opts));
+        if self.dry_run {
+            println!("{}", display_command(&cmd));
+            return Ok(());
+        }
+        let _ = Manifest::load(&build::manifest_path(&self.stack))?;
+        if self.gdb {
+            println!(
+                "QEMU waits for gdb on :1234. Attach with:\n  gdb-multiarch {} -ex {}",
+                shell_quote(&paths.vmlinux.display().to_string()),
+                shell_quote("target remote localhost:1234")
+            );
+        }
+        if let Some(t) = &trace {
+            println!("QEMU trace -> {}", t.display());
+        }
+        println!(
+            "Booting {} (Ctrl-A X quits QEMU; `poweroff` in the shell exits cleanly)",
+            stack.name
+        );
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", qemu_path.display()))?;
+        let deadline = self
+            .timeout
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                crate::e2e::terminate(&mut child);
+                anyhow::bail!(
+                    "QEMU stopped after the --timeout of {}s",
+                    self.timeout.unwrap_or(0)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !status.success() {
+            anyhow::bail!("QEMU exited with {status}");
+        }
+        Ok(())
+    }
+}

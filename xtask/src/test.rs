@@ -1,0 +1,364 @@
+//! `cargo xtask test`: fmt, clippy, unit tests, then every e2e scenario on a
+//! fresh QEMU each. Results go to the terminal as TAP, and to
+//! `target/cloister/test-results/` as TAP and JUnit XML. The last line is
+//! `N passed, N failed`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use crate::e2e::{self, Expectations, Kind, ScenarioFiles, Verdict, INTERRUPTED};
+use crate::qemu::{self, ArtifactPaths, BootOptions, Console};
+use crate::stage::Stage;
+use crate::{build, stack};
+
+/// `cargo xtask test [--stack S] [--filter PATTERN] [--no-gates]`
+#[derive(Debug, clap::Args)]
+pub struct Test {
+    /// Stack to boot the e2e scenarios on.
+    #[arg(long, default_value = crate::DEFAULT_STACK)]
+    stack: String,
+    /// Run only the e2e scenarios whose name contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Skip fmt, clippy and unit tests (e2e only).
+    #[arg(long)]
+    no_gates: bool,
+    /// List the e2e scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// One line of the TAP stream and one JUnit case.
+#[derive(Debug)]
+struct Outcome {
+    suite: &'static str,
+    name: String,
+    verdict: Verdict,
+    time: Duration,
+}
+
+/// The gates: each a cargo command that must succeed.
+const GATES: &[(&str, &[&str])] = &[
+    ("fmt", &["fmt", "--all", "--", "--check"]),
+    (
+        "clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    ("unit-tests", &["test", "--workspace"]),
+];
+
+impl Test {
+    pub fn run(self) -> Result<()> {
+        let root = crate::project_root();
+        let stack = stack::load(&root, &self.stack)?;
+        let all = e2e::scenarios();
+        if self.list {
+            for s in &all {
+                println!("{:16} {}", s.name, s.what);
+            }
+            return Ok(());
+        }
+        let selected: Vec<_> = all
+            .iter()
+            .filter(|s| self.filter.as_deref().is_none_or(|f| s.name.contains(f)))
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+            bail!(
+                "--filter {:?} matches no scenario; scenarios: {}",
+                self.filter.unwrap_or_default(),
+                names.join(", ")
+            );
+        }
+        let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+
+        let results_dir = crate::cloister_dir().join("test-results");
+        let logs = results_dir.join("logs");
+        let gates: &[(&str, &[&str])] = if self.no_gates { &[] } else { GATES };
+        let mut tap = Tap::new(gates.len() + 1 + selected.len());
+        let mut outcomes = Vec::new();
+
+        for (name, args) in gates {
+            let started = Instant::now();
+            let verdict = run_gate(&root, &logs, name, args);
+            outcomes.push(tap.record("gates", format!("gate: {name}"), verdict, started.elapsed()));
+        }
+
+        let started = Instant::now();
+        let built = if INTERRUPTED.load(Ordering::SeqCst) {
+            Err(anyhow::anyhow!("interrupted"))
+        } else {
+            build::build_image(&stack.name, false)
+        };
+        let manifest = match built {
+            Ok(m) => {
+                outcomes.push(tap.record(
+                    "build",
+                    format!("build-image {}", stack.name),
+                    Verdict::Pass,
+                    started.elapsed(),
+                ));
+                Some(m)
+            }
+            Err(e) => {
+                let verdict = Verdict::Fail(format!("{e:#}"));
+                outcomes.push(tap.record(
+                    "build",
+                    format!("build-image {}", stack.name),
+                    verdict,
+                    started.elapsed(),
+                ));
+                None
+            }
+        };
+
+        let qemu_binary = qemu::binary();
+        for scenario in &selected {
+            let started = Instant::now();
+            let name = format!("{}: {}", stack.name, scenario.name);
+            let verdict = match (&manifest, &qemu_binary) {
+                _ if INTERRUPTED.load(Ordering::SeqCst) => {
+                    Verdict::Fail("not run: interrupted (Ctrl-C)".into())
+                }
+                (None, _) => Verdict::Fail("not run: build-image failed".into()),
+                (_, Err(e)) => Verdict::Fail(format!("{e:#}")),
+                (Some(m), Ok(qemu_path)) => {
+                    let dir = results_dir.join(&stack.name).join(scenario.name);
+                    run_scenario(&stack, m, qemu_path, scenario, &dir)
+                        .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")))
+                }
+            };
+            outcomes.push(tap.record("e2e", name, verdict, started.elapsed()));
+        }
+
+        std::fs::create_dir_all(&results_dir)?;
+        std::fs::write(results_dir.join("results.tap"), &tap.text)?;
+        write_junit(&results_dir.join("junit.xml"), &stack.name, &outcomes)?;
+        let passed = outcomes
+            .iter()
+            .filter(|o| o.verdict == Verdict::Pass)
+            .count();
+        let failed = outcomes
+            .iter()
+            .filter(|o| matches!(o.verdict, Verdict::Fail(_)))
+            .count();
+        println!(
+            "results: {} and {}",
+            results_dir.join("results.tap").display(),
+            results_dir.join("junit.xml").display()
+        );
+        // The closing line CI reads; no scenario is stack-specific yet, so
+        // nothing is ever skipped.
+        println!("{passed} passed, {failed} failed");
+        if failed > 0 {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+}
+
+/// Runs one cargo gate with its output in `logs/<name>.log`.
+fn run_gate(root: &Path, logs: &Path, name: &str, args: &[&str]) -> Verdict {
+    let stage = match Stage::begin(logs, name) {
+        Ok(s) => s,
+        Err(e) => return Verdict::Fail(format!("{e:#}")),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let result = stage.run(Command::new(cargo).args(args).current_dir(root));
+    stage.finish();
+    match result {
+        Ok(()) => Verdict::Pass,
+        Err(e) => {
+            crate::stage::print_tail(stage.log_path());
+            Verdict::Fail(format!("{e:#} (full log: {})", stage.log_path().display()))
+        }
+    }
+}
+
+fn run_scenario(
+    stack: &stack::Stack,
+    manifest: &crate::manifest::Manifest,
+    qemu_path: &PathBuf,
+    scenario: &e2e::Scenario,
+    dir: &Path,
+) -> Result<Verdict> {
+    let files = ScenarioFiles::new(dir)?;
+    let paths = ArtifactPaths::from_manifest(manifest)?;
+    let exp = Expectations {
+        entry_el: stack.file.expect.entry_el,
+        kernel_release: manifest.kernel_release.clone(),
+    };
+    match &scenario.kind {
+        Kind::Agent {
+            agent_scenario,
+            facts,
+        } => {
+            let opts = BootOptions {
+                console: Console::File(files.console.clone()),
+                extra_cmdline: qemu::agent_cmdline(agent_scenario),
+                results: Some(files.results.clone()),
+                gdb: false,
+                trace: None,
+            };
+            let mut cmd = Command::new(qemu_path);
+            cmd.args(qemu::args(stack, &paths, &opts));
+            e2e::run_agent_scenario(scenario, agent_scenario, facts, cmd, &files, &exp)
+        }
+        Kind::DemoShell => {
+            let opts = BootOptions {
+                console: Console::Stdio,
+                extra_cmdline: Vec::new(),
+                results: None,
+                gdb: false,
+                trace: None,
+            };
+            let mut cmd = Command::new(qemu_path);
+            cmd.args(qemu::args(stack, &paths, &opts));
+            e2e::run_demo_shell(scenario, cmd, &files)
+        }
+    }
+    .context("running scenario")
+}
+
+/// A TAP 13 stream printed as it goes and kept for results.tap.
+#[derive(Debug)]
+struct Tap {
+    text: String,
+    next: usize,
+}
+
+impl Tap {
+    fn new(planned: usize) -> Self {
+        let mut tap = Tap {
+            text: String::new(),
+            next: 1,
+        };
+        tap.emit("TAP version 13");
+        tap.emit(&format!("1..{planned}"));
+        tap
+    }
+
+    fn emit(&mut self, line: &str) {
+        println!("{line}");
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    fn record(
+        &mut self,
+        suite: &'static str,
+        name: String,
+        verdict: Verdict,
+        time: Duration,
+    ) -> Outcome {
+        let n = self.next;
+        self.next += 1;
+        match &verdict {
+            Verdict::Pass => self.emit(&format!("ok {n} - {name} # {:.1}s", time.as_secs_f64())),
+            Verdict::Fail(why) => {
+                self.emit(&format!("not ok {n} - {name}"));
+                self.emit("  ---");
+                self.emit("  message: |");
+                for line in why.lines() {
+                    self.emit(&format!("    {line}"));
+                }
+                self.emit("  ...");
+            }
+        }
+        Outcome {
+            suite,
+            name,
+            verdict,
+            time,
+        }
+    }
+}
+
+fn write_junit(path: &Path, stack: &str, outcomes: &[Outcome]) -> Result<()> {
+    let mut report = Report::new(format!("cloister-{stack}"));
+    for suite_name in ["gates", "build", "e2e"] {
+        let mut suite = TestSuite::new(suite_name);
+        for o in outcomes.iter().filter(|o| o.suite == suite_name) {
+            let status = match &o.verdict {
+                Verdict::Pass => TestCaseStatus::success(),
+                Verdict::Fail(why) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(why.lines().next().unwrap_or("failed").to_owned());
+                    s.set_description(why.clone());
+                    s
+                }
+            };
+            let mut case = TestCase::new(o.name.clone(), status);
+            case.set_time(o.time);
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    std::fs::write(path, report.to_string()?).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_stream_has_plan_and_diagnostics() {
+        let mut tap = Tap::new(2);
+        tap.record(
+            "e2e",
+            "a".into(),
+            Verdict::Pass,
+            Duration::from_millis(1500),
+        );
+        tap.record(
+            "e2e",
+            "b".into(),
+            Verdict::Fail("line one\nline two".into()),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            tap.text,
+            "TAP version 13\n1..2\nok 1 - a # 1.5s\nnot ok 2 - b\n  ---\n  message: |\n    line one\n    line two\n  ...\n"
+        );
+    }
+
+    #[test]
+    fn junit_lists_failures_with_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junit.xml");
+        let outcomes = vec![
+            Outcome {
+                suite: "gates",
+                name: "gate: fmt".into(),
+                verdict: Verdict::Pass,
+                time: Duration::ZERO,
+            },
+            Outcome {
+                suite: "e2e",
+                name: "s: boot".into(),
+                verdict: Verdict::Fail("boom\nmore".into()),
+                time: Duration::ZERO,
+            },
+        ];
+        write_junit(&path, "s", &outcomes).unwrap();
+        let xml = std::fs::read_to_string(path).unwrap();
+        assert!(
+            xml.contains(r#"tests="2""#) && xml.contains(r#"failures="1""#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"<failure message="boom""#), "{xml}");
+    }
+}
