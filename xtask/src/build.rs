@@ -135,6 +135,43 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     let image = out.join("host-Image");
     copy_if_changed(&kernel_build.image, &image)?;
 
+    let cloister_img = out.join("cloister.img");
+    let hyp_outputs = if stack.file.hyp.enabled {
+        let hyp_elf = run_stage(&logs, "hyp", |stage| build_hyp(stage, &root, &stamps))?;
+        run_stage(&logs, "cloister-img", |stage| {
+            stage.status("flat binary + payload table");
+            let hyp_bin = out.join("cloister-hyp.bin");
+            stage.run(
+                Command::new("aarch64-linux-gnu-objcopy")
+                    .args(["-O", "binary"])
+                    .arg(&hyp_elf)
+                    .arg(&hyp_bin),
+            )?;
+            let hyp_bytes = std::fs::read(&hyp_bin)?;
+            let img = cloister_hyp_core::payload::build(
+                &hyp_bytes,
+                &std::fs::read(&image)?,
+                &std::fs::read(&initrd)?,
+            )
+            .map_err(|e| anyhow::anyhow!("assembling cloister.img: {e}"))?;
+            std::fs::write(&cloister_img, &img)?;
+            Ok((
+                (),
+                Outcome::Built(format!(
+                    "hyp {} KiB (goal <= 2048 KiB) + payload = {} KiB",
+                    hyp_bytes.len() / 1024,
+                    img.len() / 1024
+                )),
+            ))
+        })?;
+        vec![
+            Item::file("cloister-img", &cloister_img, None)?,
+            Item::file("hyp-elf", &hyp_elf, None)?,
+        ]
+    } else {
+        Vec::new()
+    };
+
     let busybox_version = deb_version(&busybox_deb);
     let mut inputs = vec![
         Item::file_with_hash(
@@ -187,7 +224,10 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             Item::file("host-kernel-config", &kernel_build.dotconfig, None)?,
             Item::file("host-initramfs", &initrd, None)?,
             Item::file("cloister-agent", &agent, None)?,
-        ],
+        ]
+        .into_iter()
+        .chain(hyp_outputs)
+        .collect(),
         kernel_release: kernel_build.release.clone(),
     };
     std::fs::write(
@@ -256,6 +296,45 @@ fn build_musl_binary(
     Ok((
         binary,
         Outcome::Built(format!("{package} {}", short(&hash))),
+    ))
+}
+
+/// Builds the EL2 hypervisor ELF (bare-metal aarch64, position independent).
+fn build_hyp(
+    stage: &mut crate::stage::Stage,
+    root: &Path,
+    stamps: &Path,
+) -> Result<(PathBuf, Outcome)> {
+    const TARGET: &str = "aarch64-unknown-none";
+    stage.status(&format!(
+        "cargo build --release --target {TARGET} -p cloister-hyp"
+    ));
+    stage.run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                TARGET,
+                "-p",
+                "cloister-hyp",
+            ])
+            .current_dir(root),
+    )?;
+    let elf = root
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join("cloister-hyp");
+    let hash = cache::sha256_file(&elf)?;
+    let stamp = Stamp::new(stamps, "cloister-hyp");
+    if stamp.is_fresh(&hash, &[&elf]) {
+        return Ok((elf, Outcome::Cached("cargo: hyp unchanged".into())));
+    }
+    stamp.record(&hash)?;
+    Ok((
+        elf,
+        Outcome::Built(format!("cloister-hyp {}", short(&hash))),
     ))
 }
 

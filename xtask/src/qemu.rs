@@ -82,13 +82,17 @@ pub fn args(stack: &Stack, manifest_or_paths: &ArtifactPaths, opts: &BootOptions
         format!("{}M", q.memory_mib),
         "-kernel".into(),
         manifest_or_paths.kernel.display().to_string(),
-        "-initrd".into(),
-        manifest_or_paths.initrd.display().to_string(),
+    ];
+    // cloister.img carries the initramfs in its payload table.
+    if let Some(initrd) = &manifest_or_paths.initrd {
+        a.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
+    a.extend([
         "-append".into(),
         cmdline(stack, &opts.extra_cmdline),
         // A reset or a panic ends QEMU instead of booting again.
         "-no-reboot".into(),
-    ];
+    ]);
     match &opts.console {
         Console::Interactive => a.push("-nographic".into()),
         Console::Stdio => {
@@ -127,26 +131,45 @@ pub fn args(stack: &Stack, manifest_or_paths: &ArtifactPaths, opts: &BootOptions
 /// The files a boot needs.
 #[derive(Debug, Clone)]
 pub struct ArtifactPaths {
+    /// What `-kernel` loads: `cloister.img` with the hyp, else the host Image.
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// `-initrd`, only when the host kernel boots directly.
+    pub initrd: Option<PathBuf>,
     pub vmlinux: PathBuf,
 }
 
 impl ArtifactPaths {
     pub fn from_manifest(m: &Manifest) -> Result<Self> {
-        Ok(ArtifactPaths {
-            kernel: m.output("host-kernel")?.to_path_buf(),
-            initrd: m.output("host-initramfs")?.to_path_buf(),
-            vmlinux: m.output("host-vmlinux")?.to_path_buf(),
+        let vmlinux = m.output("host-vmlinux")?.to_path_buf();
+        Ok(match m.output("cloister-img") {
+            Ok(img) => ArtifactPaths {
+                kernel: img.to_path_buf(),
+                initrd: None,
+                vmlinux,
+            },
+            Err(_) => ArtifactPaths {
+                kernel: m.output("host-kernel")?.to_path_buf(),
+                initrd: Some(m.output("host-initramfs")?.to_path_buf()),
+                vmlinux,
+            },
         })
     }
 
     /// Where build-image puts them (for `--dry-run` before any build).
-    pub fn expected(stack_dir: &Path) -> Self {
-        ArtifactPaths {
-            kernel: stack_dir.join("host-Image"),
-            initrd: stack_dir.join("host-initramfs.cpio"),
-            vmlinux: stack_dir.join("build/host-kernel/vmlinux"),
+    pub fn expected(stack: &Stack, stack_dir: &Path) -> Self {
+        let vmlinux = stack_dir.join("build/host-kernel/vmlinux");
+        if stack.file.hyp.enabled {
+            ArtifactPaths {
+                kernel: stack_dir.join("cloister.img"),
+                initrd: None,
+                vmlinux,
+            }
+        } else {
+            ArtifactPaths {
+                kernel: stack_dir.join("host-Image"),
+                initrd: Some(stack_dir.join("host-initramfs.cpio")),
+                vmlinux,
+            }
         }
     }
 }
@@ -170,7 +193,7 @@ mod tests {
 
     #[test]
     fn headless_agent_boot_has_results_port_and_scenario() {
-        let paths = ArtifactPaths::expected(Path::new("/o"));
+        let paths = ArtifactPaths::expected(&stack(), Path::new("/o"));
         let opts = BootOptions {
             console: Console::File("/o/console.log".into()),
             extra_cmdline: agent_cmdline("entry-el"),
@@ -200,7 +223,7 @@ mod tests {
 
     #[test]
     fn debug_flags_add_gdbstub_and_trace() {
-        let paths = ArtifactPaths::expected(Path::new("/o"));
+        let paths = ArtifactPaths::expected(&stack(), Path::new("/o"));
         let opts = BootOptions {
             console: Console::Interactive,
             extra_cmdline: vec!["loglevel=8".into()],

@@ -41,7 +41,7 @@ impl Run {
         let stack = crate::stack::load(&root, &self.stack)?;
         let stack_dir = build::stack_dir(&self.stack);
         let paths = if self.dry_run {
-            ArtifactPaths::expected(&stack_dir)
+            ArtifactPaths::expected(&stack, &stack_dir)
         } else {
             let manifest = build::build_image(&self.stack, false)?;
             ArtifactPaths::from_manifest(&manifest)?

@@ -1,2 +1,63 @@
-//! Portable core of the Cloister EL2 hypervisor (filled in by the hypervisor milestone).
+//! Portable core of the Cloister EL2 hypervisor.
+//!
+//! Everything here is plain Rust with no inline assembly and no heap, so it
+//! builds for `aarch64-unknown-none` and unit-tests on the build machine. The
+//! aarch64 glue (vectors, system registers, TLB maintenance, the hyp's linear
+//! map) lives beside it, stays thin, and reaches this crate through the
+//! [`hal`] traits.
+//!
+//! # Module map
+//!
+//! | module          | what                                                         |
+//! |-----------------|--------------------------------------------------------------|
+//! | [`addr`]        | `PhysAddr`, `Ipa`, `Pfn`, `PfnRange`: typed addresses          |
+//! | [`hal`]         | `PageAllocator` + `TlbMaintenance`: all the core asks of the platform; `FakeHal` for tests |
+//! | [`stage2`]      | arm64 stage-2 tables (4 KiB, 39-bit IPA, 3 levels), prepare/commit mapping, VTCR/VTTBR values |
+//! | [`mem_protect`] | the page database and every ownership transition (the only code that changes who may touch a page) |
+//! | [`abi`]         | host ↔ hyp ABI: function IDs, UID, version, return codes; the source of the C header |
+//! | [`hypercall`]   | decode `x0..x7` into a `HostCall`, dispatch it to `mem_protect` |
+//!
+//! # Invariants
+//!
+//! - Every page-ownership change goes through one function in
+//!   [`mem_protect`], which checks both sides before changing either; a
+//!   failed call leaves the database and every table byte-for-byte
+//!   unchanged.
+//! - Nothing a host or guest passes in can make this crate panic: hostile
+//!   values become error codes.
+//! - Table pages are allocated before a change starts (prepare) and freed
+//!   only when an address space is destroyed, so commits cannot fail.
+//!
+//! # Lock order
+//!
+//! The crate has no locks; `&mut` arguments stand for them. The arch glue
+//! holds one lock per component and always takes them in this order, which is
+//! pKVM's (`enum pkvm_component_id`: "corresponds to page-table locking
+//! order") and the order of [`mem_protect::Owner`]'s variants:
+//!
+//! 1. **host** — [`mem_protect::MemProtect`]: the page database and the host
+//!    stage-2 (the hyp's column of the database is covered by it for now);
+//! 2. **hyp** — the hyp's own stage-1, once it has one;
+//! 3. **guest** — each [`mem_protect::GuestMem`], in ascending VM handle
+//!    order if two are ever needed.
+//!
+//! Transition functions take their components in this order as arguments,
+//! so a call site reads in lock order.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+#[cfg(any(test, feature = "alloc"))]
+extern crate alloc;
+
+pub mod abi;
+pub mod addr;
+pub mod hal;
+pub mod hypercall;
+pub mod mem_protect;
+pub mod stage2;
+
+pub mod payload;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod test_utils;

@@ -1,0 +1,570 @@
+//! The host ↔ hyp ABI, defined once. Everything else (the decoder in
+//! [`crate::hypercall`], the host kernel's C header, the VMM) derives from
+//! the constants and tables in this file.
+//!
+//! # Calling convention
+//!
+//! The host calls the hypervisor with `HVC #0` following SMCCC 1.1: function
+//! ID in `w0`, arguments in `x1..x7`, results in `x0..x3`.
+//!
+//! Cloister's own calls are **fast calls, SMC64, owner 6 (vendor-specific
+//! hypervisor service), function numbers `0x80..=0xBF`**, i.e. IDs
+//! `0xC600_0080..=0xC600_00BF`. Owner 6 is the hypervisor's own service
+//! space, so no firmware call can collide. Inside it, KVM's guest services use
+//! numbers 0..=127 (`ARM_SMCCC_KVM_FUNC_*`, up to `FEATURES_2` = 127, at
+//! `0x8600_00xx`/`0xC600_00xx`) and pKVM's host hypercalls use small numbers
+//! from `0xC600_0000` (`KVM_HOST_SMCCC_ID(n)`); `0xFF00..` is SMCCC's query
+//! range. `0x80..=0xBF` is clear of all three. `0xB0..=0xBF` holds debug and
+//! test calls.
+//!
+//! - Every argument register a call does not use (up to `x7`) must be zero,
+//!   or the call fails with [`ret::INVALID_PARAMETER`]: a later ABI minor
+//!   version can then give them meaning without ambiguity. The standard
+//!   SMCCC queries (`SMCCC_VERSION`, `SMCCC_ARCH_FEATURES`, the vendor-hyp
+//!   UID and revision) are exempt, as in SMCCC: Linux's callers leave their
+//!   unused registers undefined.
+//! - `x0` must hold the ID with bits 63..32 clear; the SMCCC 1.3 SVE hint
+//!   (bit 16) is ignored. Anything else is an unknown function.
+//! - Results: `x0` is a status ([`ret`]); on success `x1..x3` carry results,
+//!   on failure `x1` is an [`err`] detail code, `x2` the offending frame or
+//!   address (or argument register number), `x3` extra detail. Registers a
+//!   call does not define are returned as zero.
+//!
+//! # Identification
+//!
+//! `VENDOR_HYP_CALL_UID` (`0x8600_ff01`) from the host answers
+//! [`CLOISTER_UID`]; `VENDOR_HYP_REVISION` (`0x8600_ff03`) answers
+//! [`ABI_VERSION`] (major in `x0`, minor in `x1`). Guests get KVM's UID
+//! ([`KVM_UID`]) instead: the guest ABI is pKVM's, exactly.
+
+use core::fmt;
+
+/// SMCCC function ID bit 31: fast call.
+pub const SMCCC_FAST_CALL: u32 = 1 << 31;
+/// SMCCC function ID bit 30: SMC64/HVC64 calling convention.
+pub const SMCCC_64: u32 = 1 << 30;
+/// Shift of the 6-bit owning-entity number in a function ID.
+pub const SMCCC_OWNER_SHIFT: u32 = 24;
+/// Owning entity: Arm architecture calls.
+pub const SMCCC_OWNER_ARCH: u32 = 0;
+/// Owning entity: vendor-specific hypervisor service.
+pub const SMCCC_OWNER_VENDOR_HYP: u32 = 6;
+/// SMCCC 1.3 hint bit ("no live SVE state"), masked off before decoding.
+pub const SMCCC_SVE_HINT: u32 = 1 << 16;
+/// SMCCC version the hypervisor implements (1.1), as `SMCCC_VERSION` returns it.
+pub const SMCCC_VERSION_1_1: u64 = 0x1_0001;
+
+/// A fast-call function ID: owner and number, SMC32 or SMC64. (The `as`
+/// casts in const fns here widen u16 to u32: `From` is not const.)
+pub const fn fast_call_id(smc64: bool, owner: u32, number: u16) -> u32 {
+    let conv = if smc64 { SMCCC_64 } else { 0 };
+    SMCCC_FAST_CALL | conv | ((owner & 0x3f) << SMCCC_OWNER_SHIFT) | number as u32
+}
+
+/// Standard SMCCC function IDs the hypervisor answers for the host.
+pub mod smccc {
+    use super::{fast_call_id, SMCCC_OWNER_ARCH, SMCCC_OWNER_VENDOR_HYP};
+
+    /// `SMCCC_VERSION`: returns the implemented SMCCC version in `x0`.
+    pub const VERSION: u32 = fast_call_id(false, SMCCC_OWNER_ARCH, 0);
+    /// `SMCCC_ARCH_FEATURES(fid)`: 0 if `fid` is implemented, else NOT_SUPPORTED.
+    pub const ARCH_FEATURES: u32 = fast_call_id(false, SMCCC_OWNER_ARCH, 1);
+    /// Vendor-hyp service `Call UID` query: the UID in `x0..x3`.
+    pub const VENDOR_HYP_CALL_UID: u32 = fast_call_id(false, SMCCC_OWNER_VENDOR_HYP, 0xff01);
+    /// Vendor-hyp service `Revision` query: major in `x0`, minor in `x1`.
+    pub const VENDOR_HYP_REVISION: u32 = fast_call_id(false, SMCCC_OWNER_VENDOR_HYP, 0xff03);
+}
+
+/// First function number of Cloister's range.
+pub const FUNC_NUM_FIRST: u16 = 0x80;
+/// Last function number of Cloister's range.
+pub const FUNC_NUM_LAST: u16 = 0xbf;
+/// First function number reserved for debug and test calls.
+pub const FUNC_NUM_DEBUG_FIRST: u16 = 0xb0;
+
+const fn hc(number: u16) -> u32 {
+    fast_call_id(true, SMCCC_OWNER_VENDOR_HYP, number)
+}
+
+/// Cloister host hypercall IDs.
+pub mod hc {
+    use super::hc;
+
+    /// `GET_VERSION()` → `x1` = major, `x2` = minor.
+    pub const GET_VERSION: u32 = hc(0x80);
+    /// `HOST_SHARE_HYP(pfn)`: share one host page with the hypervisor.
+    pub const HOST_SHARE_HYP: u32 = hc(0x81);
+    /// `HOST_UNSHARE_HYP(pfn)`: end a `HOST_SHARE_HYP`.
+    pub const HOST_UNSHARE_HYP: u32 = hc(0x82);
+    /// `HOST_DONATE_HYP(pfn, count)`: give `count` pages to the hypervisor.
+    pub const HOST_DONATE_HYP: u32 = hc(0x83);
+    /// `HYP_DONATE_HOST(pfn, count)`: take back pages given with
+    /// `HOST_DONATE_HYP` that the hypervisor has not put to use.
+    pub const HYP_DONATE_HOST: u32 = hc(0x84);
+    /// Debug: `PAGE_OWNER(pa)` → `x1` = owner, `x2` = VM handle,
+    /// `x3` = host state | hyp state << 8.
+    pub const PAGE_OWNER: u32 = hc(0xb0);
+}
+
+/// An ABI version: a major bump breaks callers, a minor bump adds calls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AbiVersion {
+    /// Incompatible changes.
+    pub major: u16,
+    /// Compatible additions.
+    pub minor: u16,
+}
+
+/// The ABI this hypervisor implements.
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 1 };
+
+/// Cloister's vendor-hyp service UUID (random, version 4, generated once for
+/// this project; never change it).
+pub const CLOISTER_UUID: &str = "f5037967-45e8-43dd-99ea-18a3563694f7";
+
+/// [`CLOISTER_UUID`] as `VENDOR_HYP_CALL_UID` returns it in `w0..w3`: each
+/// register holds four UUID bytes, little-endian (the SMCCC convention, the
+/// same way KVM's UID `28b46fb6-2ec5-11e9-...` becomes `0xb66fb428, ...`).
+pub const CLOISTER_UID: [u32; 4] = [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656];
+
+/// KVM's vendor-hyp UID, which guests get (pKVM guest ABI), never the host.
+pub const KVM_UID: [u32; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
+/// Status codes returned in `x0`, as 64-bit two's complement.
+pub mod ret {
+    /// The call succeeded.
+    pub const SUCCESS: u64 = 0;
+    /// Unknown or unimplemented function (SMCCC).
+    pub const NOT_SUPPORTED: u64 = (-1i64).cast_unsigned();
+    /// The call is not needed (SMCCC).
+    pub const NOT_REQUIRED: u64 = (-2i64).cast_unsigned();
+    /// A malformed argument: out of range, unaligned, zero count, or a
+    /// non-zero reserved register (SMCCC).
+    pub const INVALID_PARAMETER: u64 = (-3i64).cast_unsigned();
+    /// Cloister: the pages are not in the state the call needs (not owned by
+    /// the caller, already shared, not donated...).
+    pub const DENIED: u64 = (-4i64).cast_unsigned();
+    /// Cloister: the hypervisor ran out of page-table memory; nothing changed.
+    pub const NO_MEMORY: u64 = (-5i64).cast_unsigned();
+}
+
+/// Detail codes returned in `x1` next to a failure status.
+pub mod err {
+    /// A page count of zero.
+    pub const ZERO_COUNT: u64 = 1;
+    /// A frame (range) outside the memory the hypervisor manages.
+    pub const OUT_OF_RANGE: u64 = 2;
+    /// An address that must be page-aligned is not.
+    pub const UNALIGNED: u64 = 3;
+    /// An IPA range outside the stage-2 IPA space.
+    pub const IPA_OUT_OF_RANGE: u64 = 4;
+    /// The caller does not own the page (`x3` = its owner code).
+    pub const NOT_OWNED: u64 = 5;
+    /// A side is in the wrong state (`x3` = component << 8 | state).
+    pub const BAD_STATE: u64 = 6;
+    /// The hypervisor page was not donated by the host, or is in use.
+    pub const NOT_DONATED: u64 = 7;
+    /// The target IPA is already mapped.
+    pub const IPA_MAPPED: u64 = 8;
+    /// Nothing is mapped at the IPA.
+    pub const IPA_NOT_MAPPED: u64 = 9;
+    /// An MMIO range overlaps managed RAM.
+    pub const OVERLAPS_RAM: u64 = 10;
+    /// The hypervisor cannot reach the page's contents.
+    pub const NO_ACCESS: u64 = 11;
+    /// Out of page-table memory.
+    pub const NO_MEMORY: u64 = 12;
+    /// Internal misuse of the table code.
+    pub const INTERNAL: u64 = 13;
+    /// Unknown function ID.
+    pub const UNKNOWN_FUNCTION: u64 = 14;
+    /// A reserved argument register is non-zero (`x2` = its number).
+    pub const RESERVED_ARG: u64 = 15;
+}
+
+/// Owner codes (`PAGE_OWNER` `x1`, `NOT_OWNED` `x3`).
+pub mod owner {
+    /// The host kernel.
+    pub const HOST: u64 = 1;
+    /// The hypervisor.
+    pub const HYP: u64 = 2;
+    /// A guest; its handle is reported beside.
+    pub const GUEST: u64 = 3;
+}
+
+/// Page-state codes (`PAGE_OWNER` `x3`, `BAD_STATE` `x3`).
+pub mod state {
+    /// Owned, not shared.
+    pub const OWNED: u64 = 0;
+    /// Owned and shared with another component.
+    pub const SHARED_OWNED: u64 = 1;
+    /// Borrowed from the owner.
+    pub const SHARED_BORROWED: u64 = 2;
+    /// No access.
+    pub const NOPAGE: u64 = 3;
+}
+
+/// One row of the call table.
+#[derive(Clone, Copy, Debug)]
+pub struct CallDesc {
+    /// Name; the C macro is `CLOISTER_HC_<name>`.
+    pub name: &'static str,
+    /// Function ID.
+    pub id: u32,
+    /// Argument registers `x1..`, in order.
+    pub args: &'static [&'static str],
+    /// Result registers `x1..` on success, in order.
+    pub results: &'static [&'static str],
+}
+
+/// Every Cloister host hypercall. The decoder, `ARCH_FEATURES` and the C
+/// header all come from this table.
+pub const HOST_CALLS: &[CallDesc] = &[
+    CallDesc {
+        name: "GET_VERSION",
+        id: hc::GET_VERSION,
+        args: &[],
+        results: &["major", "minor"],
+    },
+    CallDesc {
+        name: "HOST_SHARE_HYP",
+        id: hc::HOST_SHARE_HYP,
+        args: &["pfn"],
+        results: &[],
+    },
+    CallDesc {
+        name: "HOST_UNSHARE_HYP",
+        id: hc::HOST_UNSHARE_HYP,
+        args: &["pfn"],
+        results: &[],
+    },
+    CallDesc {
+        name: "HOST_DONATE_HYP",
+        id: hc::HOST_DONATE_HYP,
+        args: &["pfn", "count"],
+        results: &[],
+    },
+    CallDesc {
+        name: "HYP_DONATE_HOST",
+        id: hc::HYP_DONATE_HOST,
+        args: &["pfn", "count"],
+        results: &[],
+    },
+    CallDesc {
+        name: "PAGE_OWNER",
+        id: hc::PAGE_OWNER,
+        args: &["pa"],
+        results: &["owner", "vm_handle", "host_state | hyp_state << 8"],
+    },
+];
+
+/// `x0` status codes, for the C header.
+pub const RETURN_CODES: &[(&str, u64)] = &[
+    ("SUCCESS", ret::SUCCESS),
+    ("NOT_SUPPORTED", ret::NOT_SUPPORTED),
+    ("NOT_REQUIRED", ret::NOT_REQUIRED),
+    ("INVALID_PARAMETER", ret::INVALID_PARAMETER),
+    ("DENIED", ret::DENIED),
+    ("NO_MEMORY", ret::NO_MEMORY),
+];
+
+/// `x1` detail codes, for the C header.
+pub const ERROR_DETAILS: &[(&str, u64)] = &[
+    ("ZERO_COUNT", err::ZERO_COUNT),
+    ("OUT_OF_RANGE", err::OUT_OF_RANGE),
+    ("UNALIGNED", err::UNALIGNED),
+    ("IPA_OUT_OF_RANGE", err::IPA_OUT_OF_RANGE),
+    ("NOT_OWNED", err::NOT_OWNED),
+    ("BAD_STATE", err::BAD_STATE),
+    ("NOT_DONATED", err::NOT_DONATED),
+    ("IPA_MAPPED", err::IPA_MAPPED),
+    ("IPA_NOT_MAPPED", err::IPA_NOT_MAPPED),
+    ("OVERLAPS_RAM", err::OVERLAPS_RAM),
+    ("NO_ACCESS", err::NO_ACCESS),
+    ("NO_MEMORY", err::NO_MEMORY),
+    ("INTERNAL", err::INTERNAL),
+    ("UNKNOWN_FUNCTION", err::UNKNOWN_FUNCTION),
+    ("RESERVED_ARG", err::RESERVED_ARG),
+];
+
+/// Owner and state codes, for the C header.
+pub const OWNER_AND_STATE_CODES: &[(&str, u64)] = &[
+    ("OWNER_HOST", owner::HOST),
+    ("OWNER_HYP", owner::HYP),
+    ("OWNER_GUEST", owner::GUEST),
+    ("STATE_OWNED", state::OWNED),
+    ("STATE_SHARED_OWNED", state::SHARED_OWNED),
+    ("STATE_SHARED_BORROWED", state::SHARED_BORROWED),
+    ("STATE_NOPAGE", state::NOPAGE),
+];
+
+/// Whether `id` is a well-formed Cloister host call: fast, SMC64, vendor hyp,
+/// bits 23..16 clear, number in `0x80..=0xBF`.
+pub const fn is_cloister_call_id(id: u32) -> bool {
+    let number = id & 0xffff;
+    id & SMCCC_FAST_CALL != 0
+        && id & SMCCC_64 != 0
+        && (id >> SMCCC_OWNER_SHIFT) & 0x3f == SMCCC_OWNER_VENDOR_HYP
+        && (id >> 16) & 0xff == 0
+        && number >= FUNC_NUM_FIRST as u32
+        && number <= FUNC_NUM_LAST as u32
+}
+
+/// Compile-time check of [`HOST_CALLS`]: well-formed, unique IDs; at most
+/// seven arguments (`x1..x7`) and three results (`x1..x3`).
+const fn host_calls_are_well_formed(calls: &[CallDesc]) -> bool {
+    let mut i = 0;
+    while i < calls.len() {
+        let c = &calls[i];
+        if !is_cloister_call_id(c.id) || c.args.len() > 7 || c.results.len() > 3 {
+            return false;
+        }
+        let mut j = i + 1;
+        while j < calls.len() {
+            if calls[j].id == c.id {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+const _: () = assert!(host_calls_are_well_formed(HOST_CALLS));
+const _: () = assert!(hc::GET_VERSION == 0xc600_0080);
+const _: () = assert!(hc::PAGE_OWNER == 0xc600_00b0);
+const _: () = assert!(smccc::VERSION == 0x8000_0000);
+const _: () = assert!(smccc::ARCH_FEATURES == 0x8000_0001);
+const _: () = assert!(smccc::VENDOR_HYP_CALL_UID == 0x8600_ff01);
+const _: () = assert!(smccc::VENDOR_HYP_REVISION == 0x8600_ff03);
+const _: () = assert!(ret::INVALID_PARAMETER == 0xffff_ffff_ffff_fffd);
+const _: () = assert!(ret::NO_MEMORY == 0xffff_ffff_ffff_fffb);
+const _: () = assert!(
+    CLOISTER_UID[0] != KVM_UID[0]
+        && CLOISTER_UID[1] != KVM_UID[1]
+        && CLOISTER_UID[2] != KVM_UID[2]
+        && CLOISTER_UID[3] != KVM_UID[3]
+);
+
+/// The UID registers for a UUID string (`8-4-4-4-12` hex digits), or `None`
+/// if it is malformed.
+pub fn uid_words(uuid: &str) -> Option<[u32; 4]> {
+    let mut bytes = [0u8; 16];
+    let mut n = 0;
+    let mut pending: Option<u8> = None;
+    for (i, c) in uuid.chars().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != '-' {
+                return None;
+            }
+            continue;
+        }
+        let digit = u8::try_from(c.to_digit(16)?).ok()?;
+        match pending.take() {
+            None => pending = Some(digit),
+            Some(high) => {
+                *bytes.get_mut(n)? = high << 4 | digit;
+                n += 1;
+            }
+        }
+    }
+    if n != 16 || pending.is_some() || uuid.len() != 36 {
+        return None;
+    }
+    let mut words = [0u32; 4];
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    Some(words)
+}
+
+fn write_define(w: &mut dyn fmt::Write, prefix: &str, name: &str, value: u64) -> fmt::Result {
+    let signed = value.cast_signed();
+    if signed < 0 {
+        writeln!(w, "#define {prefix}{name} ({signed}L)")
+    } else {
+        writeln!(w, "#define {prefix}{name} {value:#x}")
+    }
+}
+
+/// Writes the C header for the host kernel (`cloister_abi.h`).
+///
+/// # Errors
+/// Only those of `w`.
+pub fn write_c_header(w: &mut dyn fmt::Write) -> fmt::Result {
+    writeln!(w, "/* SPDX-License-Identifier: MIT OR Apache-2.0 */")?;
+    writeln!(w, "/*")?;
+    writeln!(w, " * Cloister host <-> hypervisor ABI.")?;
+    writeln!(
+        w,
+        " * Generated from hyp/core/src/abi.rs; do not edit by hand."
+    )?;
+    writeln!(w, " */")?;
+    writeln!(w, "#ifndef CLOISTER_ABI_H")?;
+    writeln!(w, "#define CLOISTER_ABI_H")?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "#define CLOISTER_ABI_VERSION_MAJOR {}",
+        ABI_VERSION.major
+    )?;
+    writeln!(
+        w,
+        "#define CLOISTER_ABI_VERSION_MINOR {}",
+        ABI_VERSION.minor
+    )?;
+    writeln!(w, "/* UUID {CLOISTER_UUID} */")?;
+    for (i, word) in CLOISTER_UID.iter().enumerate() {
+        writeln!(w, "#define CLOISTER_UID_REG_{i} {word:#010x}U")?;
+    }
+    writeln!(w)?;
+    writeln!(
+        w,
+        "/* Function IDs: HVC #0, SMCCC 1.1; unused x1..x7 must be zero. */"
+    )?;
+    for call in HOST_CALLS {
+        write!(w, "/* {}(", call.name)?;
+        write_list(w, call.args)?;
+        write!(w, ") -> ")?;
+        write_list(w, call.results)?;
+        writeln!(w, " */")?;
+        writeln!(w, "#define CLOISTER_HC_{} {:#010x}U", call.name, call.id)?;
+    }
+    writeln!(w)?;
+    writeln!(w, "/* x0: status */")?;
+    for (name, value) in RETURN_CODES {
+        write_define(w, "CLOISTER_RET_", name, *value)?;
+    }
+    writeln!(w)?;
+    writeln!(w, "/* x1 after a failure: detail */")?;
+    for (name, value) in ERROR_DETAILS {
+        write_define(w, "CLOISTER_ERR_", name, *value)?;
+    }
+    writeln!(w)?;
+    writeln!(w, "/* PAGE_OWNER and error details */")?;
+    for (name, value) in OWNER_AND_STATE_CODES {
+        write_define(w, "CLOISTER_", name, *value)?;
+    }
+    writeln!(w)?;
+    writeln!(w, "#endif /* CLOISTER_ABI_H */")
+}
+
+/// Writes `a, b, c`, or `-` for an empty list.
+fn write_list(w: &mut dyn fmt::Write, items: &[&str]) -> fmt::Result {
+    if items.is_empty() {
+        return w.write_str("-");
+    }
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            w.write_str(", ")?;
+        }
+        w.write_str(item)?;
+    }
+    Ok(())
+}
+
+/// The C header as a string (for build tools; needs the `alloc` feature).
+#[cfg(any(test, feature = "alloc"))]
+pub fn c_header() -> alloc::string::String {
+    let mut out = alloc::string::String::new();
+    // Writing to a String cannot fail.
+    let _ = write_c_header(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_matches_uuid_and_is_not_kvm() {
+        assert_eq!(uid_words(CLOISTER_UUID), Some(CLOISTER_UID));
+        assert_eq!(
+            uid_words("28b46fb6-2ec5-11e9-a9ca-4b564d003a74"),
+            Some(KVM_UID)
+        );
+        assert_ne!(CLOISTER_UID, KVM_UID);
+        // Version 4 (random), RFC 4122 variant.
+        assert_eq!(CLOISTER_UUID.as_bytes()[14], b'4');
+        assert!(matches!(
+            CLOISTER_UUID.as_bytes()[19],
+            b'8' | b'9' | b'a' | b'b'
+        ));
+        for bad in [
+            "",
+            "f5037967-45e8-43dd-99ea-18a3563694f",
+            "f5037967x45e8-43dd-99ea-18a3563694f7",
+        ] {
+            assert_eq!(uid_words(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_layout() {
+        for call in HOST_CALLS {
+            assert!(is_cloister_call_id(call.id), "{}", call.name);
+            assert_eq!(call.id & 0xffff_ff00, 0xc600_0000, "{}", call.name);
+            let number = call.id & 0xff;
+            let debug = number >= u32::from(FUNC_NUM_DEBUG_FIRST);
+            assert_eq!(debug, call.name == "PAGE_OWNER", "{}", call.name);
+        }
+        // Neither KVM's guest services (0..=127) nor pKVM's host calls.
+        assert!(!is_cloister_call_id(0xc600_0003));
+        assert!(!is_cloister_call_id(0xc600_007f));
+        assert!(!is_cloister_call_id(0x8600_0080), "SMC32");
+        assert!(!is_cloister_call_id(0x4600_0080), "yielding");
+        assert!(!is_cloister_call_id(0xc601_0080), "bits 23..16");
+        assert!(!is_cloister_call_id(0xc500_0080), "owner");
+        assert!(!is_cloister_call_id(0xc600_00c0), "past the range");
+        assert_eq!(SMCCC_SVE_HINT, 0x1_0000);
+    }
+
+    #[test]
+    fn return_codes_are_twos_complement() {
+        let signed: Vec<i64> = RETURN_CODES.iter().map(|(_, v)| v.cast_signed()).collect();
+        assert_eq!(signed, [0, -1, -2, -3, -4, -5]);
+        let mut details: Vec<u64> = ERROR_DETAILS.iter().map(|(_, v)| *v).collect();
+        details.dedup();
+        assert_eq!(details, (1..=15).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn c_header_lists_every_constant() {
+        let h = c_header();
+        assert!(h.starts_with("/* SPDX-License-Identifier: MIT OR Apache-2.0 */\n"));
+        assert!(h.ends_with("#endif /* CLOISTER_ABI_H */\n"));
+        for call in HOST_CALLS {
+            let line = format!("#define CLOISTER_HC_{} {:#010x}U\n", call.name, call.id);
+            assert!(h.contains(&line), "missing {line}");
+        }
+        assert!(h.contains("#define CLOISTER_HC_HOST_DONATE_HYP 0xc6000083U\n"));
+        assert!(h.contains("/* HOST_DONATE_HYP(pfn, count) -> - */\n"));
+        assert!(h.contains("/* GET_VERSION(-) -> major, minor */\n"));
+        assert!(h.contains("#define CLOISTER_RET_SUCCESS 0x0\n"));
+        assert!(h.contains("#define CLOISTER_RET_INVALID_PARAMETER (-3L)\n"));
+        assert!(h.contains("#define CLOISTER_ERR_RESERVED_ARG 0xf\n"));
+        assert!(h.contains("#define CLOISTER_UID_REG_0 0x677903f5U\n"));
+        assert!(h.contains("#define CLOISTER_ABI_VERSION_MAJOR 0\n"));
+        assert!(h.contains("#define CLOISTER_STATE_NOPAGE 0x3\n"));
+        let defines = h.lines().filter(|l| l.starts_with("#define ")).count();
+        let expected = 1
+            + 2
+            + 4
+            + HOST_CALLS.len()
+            + RETURN_CODES.len()
+            + ERROR_DETAILS.len()
+            + OWNER_AND_STATE_CODES.len();
+        assert_eq!(defines, expected);
+        // Every #define name is unique.
+        let mut names: Vec<&str> = h
+            .lines()
+            .filter_map(|l| l.strip_prefix("#define "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}
