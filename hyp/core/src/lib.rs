@@ -51,12 +51,13 @@ extern crate alloc;
 
 pub mod abi;
 pub mod addr;
+pub mod fdt;
 pub mod hal;
 pub mod hypercall;
 pub mod mem_protect;
+pub mod payload;
 pub mod stage2;
 
-pub mod payload;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

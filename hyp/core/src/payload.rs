@@ -609,7 +609,7 @@ pub fn parse(image_tail: &[u8]) -> Result<PayloadTable<'_>, PayloadError> {
         if e.size == 0 {
             return Err(PayloadError::EmptyBlob { kind: e.kind });
         }
-        if e.offset % ALIGN64 != 0 {
+        if !e.offset.is_multiple_of(ALIGN64) {
             return Err(PayloadError::Misaligned {
                 kind: e.kind,
                 offset: e.offset,

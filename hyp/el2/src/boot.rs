@@ -31,6 +31,13 @@ const PAGE: u64 = 4096;
 /// Room for the rewritten DTB (the source's size plus this).
 const DTB_SLACK: u64 = 64 * 1024;
 
+/// The RAM region the hyp was loaded into.
+#[derive(Clone, Copy)]
+struct Ram {
+    base: u64,
+    size: u64,
+}
+
 fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
@@ -155,7 +162,7 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         Ok(p) => p,
         Err(_) => arch::halt(), // no console to say why
     };
-    crate::console::init(platform.uart_base);
+    crate::console::init(platform.uart.base.raw());
     let image = arch::image_layout();
     hyp_println!(
         "Cloister EL2 hypervisor {} (ABI {}.{}) at {:#x}, DTB at {:#x}, {} CPU(s)",
@@ -164,21 +171,20 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         abi::ABI_VERSION.minor,
         load_pa,
         dtb_pa,
-        platform.cpu_count()
+        platform.cpus.len()
     );
-    for (i, mpidr) in platform.cpus().iter().enumerate().take(MAX_CPUS) {
-        CPU_MPIDR[i].store(*mpidr, Ordering::SeqCst);
+    for (i, mpidr) in platform.cpus.as_slice().iter().enumerate().take(MAX_CPUS) {
+        CPU_MPIDR[i].store(*mpidr & 0xff_00ff_ffff, Ordering::SeqCst);
     }
-    CPU_COUNT.store(platform.cpu_count().min(MAX_CPUS), Ordering::SeqCst);
+    CPU_COUNT.store(platform.cpus.len().min(MAX_CPUS), Ordering::SeqCst);
     let Some(ram) = platform
-        .memory()
+        .ram
+        .as_slice()
         .iter()
-        .copied()
+        .map(|r| Ram { base: r.base.raw(), size: r.size })
         .find(|r| r.base <= load_pa && load_pa < r.base + r.size)
     else {
-        refuse(format_args!(
-            "the hyp at {load_pa:#x} is not inside a /memory region"
-        ));
+        refuse(format_args!("the hyp at {load_pa:#x} is not inside a /memory region"));
     };
     let ram_end = ram.base + ram.size;
 
@@ -243,8 +249,8 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         .and_then(|()| s1.map(image.end, ram_end, S1Attr::ReadWrite))
         .and_then(|()| {
             s1.map(
-                platform.uart_base & !(PAGE - 1),
-                (platform.uart_base & !(PAGE - 1)) + PAGE,
+                platform.uart.base.raw() & !(PAGE - 1),
+                (platform.uart.base.raw() & !(PAGE - 1)) + PAGE,
                 S1Attr::Device,
             )
         });
@@ -305,12 +311,16 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
     );
 
     // 7. Host DTB.
+    let reserve = [
+        fdt::Reservation { base: PhysAddr::new(image.start), size: align_up(hyp_size, PAGE) },
+        fdt::Reservation { base: PhysAddr::new(pool_base), size: pool_size },
+    ];
     let edits = fdt::Edits {
-        reserved: &[
-            (image.start, align_up(hyp_size, PAGE)),
-            (pool_base, pool_size),
-        ],
-        initrd: Some((initrd_pa, initrd_end)),
+        reserve: &reserve,
+        initrd: Some(fdt::InitrdRange {
+            start: PhysAddr::new(initrd_pa),
+            end: PhysAddr::new(initrd_end),
+        }),
         bootargs: None,
     };
     // SAFETY: RAM between the initramfs and the pool, reserved for the DTB above.
