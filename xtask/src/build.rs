@@ -82,13 +82,24 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         println!("{w}");
     }
 
+    // Stacks with the same source tree and fragment list share one
+    // out-of-tree build directory (and its stamp); a changed fragment
+    // rebuilds incrementally in place.
+    let mut build_key = KeyBuilder::new("host-kernel-dir");
+    build_key.add_str("tree", &tree.key);
+    for f in &stack.file.kernel.fragments {
+        build_key.add_str("fragment", f);
+    }
+    let kernel_dir = cache_dir
+        .join("host-kernel")
+        .join(short(&build_key.finish()));
     let kernel_build = run_stage(&logs, "host-kernel", |stage| {
         kernel::build(
             stage,
             &tree,
-            &out.join("build/host-kernel"),
+            &kernel_dir,
             &stack.fragment_paths,
-            &stamps,
+            &kernel_dir,
         )
     })?;
 

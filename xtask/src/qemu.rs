@@ -157,7 +157,8 @@ impl ArtifactPaths {
 
     /// Where build-image puts them (for `--dry-run` before any build).
     pub fn expected(stack: &Stack, stack_dir: &Path) -> Self {
-        let vmlinux = stack_dir.join("build/host-kernel/vmlinux");
+        // Only for --dry-run; a real run reads the path from manifest.json.
+        let vmlinux = stack_dir.join("host-vmlinux");
         if stack.file.hyp.enabled {
             ArtifactPaths {
                 kernel: stack_dir.join("cloister.img"),

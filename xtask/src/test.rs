@@ -19,9 +19,9 @@ use crate::{build, stack};
 /// `cargo xtask test [--stack S] [--filter PATTERN] [--no-gates]`
 #[derive(Debug, clap::Args)]
 pub struct Test {
-    /// Stack to boot the e2e scenarios on.
-    #[arg(long, default_value = crate::DEFAULT_STACK)]
-    stack: String,
+    /// Stacks to boot the e2e scenarios on (repeat the flag for several).
+    #[arg(long, default_values_t = TEST_STACKS.map(String::from))]
+    stack: Vec<String>,
     /// Run only the e2e scenarios whose name contains PATTERN.
     #[arg(long, value_name = "PATTERN")]
     filter: Option<String>,
@@ -42,6 +42,10 @@ struct Outcome {
     time: Duration,
 }
 
+/// Stacks `cargo xtask test` covers by default: the kernel booted directly,
+/// and the same kernel under the hypervisor.
+const TEST_STACKS: [&str; 2] = [crate::DEFAULT_STACK, "qemu-virt-hyp"];
+
 /// The gates: each a cargo command that must succeed.
 const GATES: &[(&str, &[&str])] = &[
     ("fmt", &["fmt", "--all", "--", "--check"]),
@@ -56,13 +60,45 @@ const GATES: &[(&str, &[&str])] = &[
             "warnings",
         ],
     ),
+    (
+        "clippy-el2",
+        &[
+            "clippy",
+            "--release",
+            "--target",
+            "aarch64-unknown-none",
+            "-p",
+            "cloister-hyp",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
+    (
+        "clippy-musl",
+        &[
+            "clippy",
+            "--release",
+            "--target",
+            "aarch64-unknown-linux-musl",
+            "-p",
+            "cloister-agent",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ),
     ("unit-tests", &["test", "--workspace"]),
 ];
 
 impl Test {
     pub fn run(self) -> Result<()> {
         let root = crate::project_root();
-        let stack = stack::load(&root, &self.stack)?;
+        let stacks = self
+            .stack
+            .iter()
+            .map(|name| stack::load(&root, name))
+            .collect::<Result<Vec<_>>>()?;
         let all = e2e::scenarios();
         if self.list {
             for s in &all {
@@ -88,7 +124,7 @@ impl Test {
         let results_dir = crate::cloister_dir().join("test-results");
         let logs = results_dir.join("logs");
         let gates: &[(&str, &[&str])] = if self.no_gates { &[] } else { GATES };
-        let mut tap = Tap::new(gates.len() + 1 + selected.len());
+        let mut tap = Tap::new(gates.len() + stacks.len() * (1 + selected.len()));
         let mut outcomes = Vec::new();
 
         for (name, args) in gates {
@@ -97,56 +133,58 @@ impl Test {
             outcomes.push(tap.record("gates", format!("gate: {name}"), verdict, started.elapsed()));
         }
 
-        let started = Instant::now();
-        let built = if INTERRUPTED.load(Ordering::SeqCst) {
-            Err(anyhow::anyhow!("interrupted"))
-        } else {
-            build::build_image(&stack.name, false)
-        };
-        let manifest = match built {
-            Ok(m) => {
-                outcomes.push(tap.record(
-                    "build",
-                    format!("build-image {}", stack.name),
-                    Verdict::Pass,
-                    started.elapsed(),
-                ));
-                Some(m)
-            }
-            Err(e) => {
-                let verdict = Verdict::Fail(format!("{e:#}"));
-                outcomes.push(tap.record(
-                    "build",
-                    format!("build-image {}", stack.name),
-                    verdict,
-                    started.elapsed(),
-                ));
-                None
-            }
-        };
-
         let qemu_binary = qemu::binary();
-        for scenario in &selected {
+        for stack in &stacks {
             let started = Instant::now();
-            let name = format!("{}: {}", stack.name, scenario.name);
-            let verdict = match (&manifest, &qemu_binary) {
-                _ if INTERRUPTED.load(Ordering::SeqCst) => {
-                    Verdict::Fail("not run: interrupted (Ctrl-C)".into())
+            let built = if INTERRUPTED.load(Ordering::SeqCst) {
+                Err(anyhow::anyhow!("interrupted"))
+            } else {
+                build::build_image(&stack.name, false)
+            };
+            let manifest = match built {
+                Ok(m) => {
+                    outcomes.push(tap.record(
+                        "build",
+                        format!("build-image {}", stack.name),
+                        Verdict::Pass,
+                        started.elapsed(),
+                    ));
+                    Some(m)
                 }
-                (None, _) => Verdict::Fail("not run: build-image failed".into()),
-                (_, Err(e)) => Verdict::Fail(format!("{e:#}")),
-                (Some(m), Ok(qemu_path)) => {
-                    let dir = results_dir.join(&stack.name).join(scenario.name);
-                    run_scenario(&stack, m, qemu_path, scenario, &dir)
-                        .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")))
+                Err(e) => {
+                    let verdict = Verdict::Fail(format!("{e:#}"));
+                    outcomes.push(tap.record(
+                        "build",
+                        format!("build-image {}", stack.name),
+                        verdict,
+                        started.elapsed(),
+                    ));
+                    None
                 }
             };
-            outcomes.push(tap.record("e2e", name, verdict, started.elapsed()));
+
+            for scenario in &selected {
+                let started = Instant::now();
+                let name = format!("{}: {}", stack.name, scenario.name);
+                let verdict = match (&manifest, &qemu_binary) {
+                    _ if INTERRUPTED.load(Ordering::SeqCst) => {
+                        Verdict::Fail("not run: interrupted (Ctrl-C)".into())
+                    }
+                    (None, _) => Verdict::Fail("not run: build-image failed".into()),
+                    (_, Err(e)) => Verdict::Fail(format!("{e:#}")),
+                    (Some(m), Ok(qemu_path)) => {
+                        let dir = results_dir.join(&stack.name).join(scenario.name);
+                        run_scenario(stack, m, qemu_path, scenario, &dir)
+                            .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")))
+                    }
+                };
+                outcomes.push(tap.record("e2e", name, verdict, started.elapsed()));
+            }
         }
 
         std::fs::create_dir_all(&results_dir)?;
         std::fs::write(results_dir.join("results.tap"), &tap.text)?;
-        write_junit(&results_dir.join("junit.xml"), &stack.name, &outcomes)?;
+        write_junit(&results_dir.join("junit.xml"), &outcomes)?;
         let passed = outcomes
             .iter()
             .filter(|o| o.verdict == Verdict::Pass)
@@ -287,8 +325,8 @@ impl Tap {
     }
 }
 
-fn write_junit(path: &Path, stack: &str, outcomes: &[Outcome]) -> Result<()> {
-    let mut report = Report::new(format!("cloister-{stack}"));
+fn write_junit(path: &Path, outcomes: &[Outcome]) -> Result<()> {
+    let mut report = Report::new("cloister");
     for suite_name in ["gates", "build", "e2e"] {
         let mut suite = TestSuite::new(suite_name);
         for o in outcomes.iter().filter(|o| o.suite == suite_name) {
@@ -353,7 +391,7 @@ mod tests {
                 time: Duration::ZERO,
             },
         ];
-        write_junit(&path, "s", &outcomes).unwrap();
+        write_junit(&path, &outcomes).unwrap();
         let xml = std::fs::read_to_string(path).unwrap();
         assert!(
             xml.contains(r#"tests="2""#) && xml.contains(r#"failures="1""#),

@@ -181,10 +181,15 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         .ram
         .as_slice()
         .iter()
-        .map(|r| Ram { base: r.base.raw(), size: r.size })
+        .map(|r| Ram {
+            base: r.base.raw(),
+            size: r.size,
+        })
         .find(|r| r.base <= load_pa && load_pa < r.base + r.size)
     else {
-        refuse(format_args!("the hyp at {load_pa:#x} is not inside a /memory region"));
+        refuse(format_args!(
+            "the hyp at {load_pa:#x} is not inside a /memory region"
+        ));
     };
     let ram_end = ram.base + ram.size;
 
@@ -255,7 +260,7 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
             )
         });
     if let Err(e) = mapped {
-        refuse(format_args!("cannot build the EL2 page tables: {e:?}"));
+        refuse(format_args!("cannot build the EL2 page tables: {e}"));
     }
     arch::clean_dcache_range(image.start, image.end);
     arch::enable_mmu(s1.root_pa());
@@ -312,8 +317,14 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
 
     // 7. Host DTB.
     let reserve = [
-        fdt::Reservation { base: PhysAddr::new(image.start), size: align_up(hyp_size, PAGE) },
-        fdt::Reservation { base: PhysAddr::new(pool_base), size: pool_size },
+        fdt::Reservation {
+            base: PhysAddr::new(image.start),
+            size: align_up(hyp_size, PAGE),
+        },
+        fdt::Reservation {
+            base: PhysAddr::new(pool_base),
+            size: pool_size,
+        },
     ];
     let edits = fdt::Edits {
         reserve: &reserve,

@@ -8,6 +8,9 @@
 //! is the thin aarch64 glue: entry code, vectors, system registers, the
 //! console and the boot sequence.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+// This image only exists for aarch64, where usize is 64 bits: u64 <-> usize
+// casts of physical addresses cannot truncate.
+#![allow(clippy::cast_possible_truncation)]
 
 #[cfg(target_os = "none")]
 #[macro_use]

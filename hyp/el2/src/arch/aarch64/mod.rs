@@ -56,7 +56,7 @@ pub fn image_layout() -> ImageLayout {
 
 /// Physical address secondaries start at (passed to PSCI CPU_ON).
 pub fn secondary_entry_pa() -> u64 {
-    secondary_entry as usize as u64
+    secondary_entry as *const () as u64
 }
 
 /// The interrupted context, as vectors.S saves it.
@@ -281,11 +281,6 @@ pub fn tlbi_host_ipa_range(ipa: u64, pages: u64) {
 fn dsb_ishst() {
     // SAFETY: a barrier has no memory-safety effects.
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
-}
-
-/// Index of the CPU whose MPIDR affinity is `mpidr` in `cpus`.
-pub fn cpu_index(cpus: &[u64], mpidr: u64) -> Option<usize> {
-    cpus.iter().position(|&c| c == mpidr & 0xff_00ff_ffff)
 }
 
 /// This CPU's MPIDR affinity fields.

@@ -63,6 +63,16 @@ pub enum Stage1Error {
     Conflict { va: u64 },
 }
 
+impl core::fmt::Display for Stage1Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Stage1Error::OutOfTables => write!(f, "out of EL2 table pages ({POOL_PAGES})"),
+            Stage1Error::Unaligned { addr } => write!(f, "{addr:#x} is not page aligned"),
+            Stage1Error::Conflict { va } => write!(f, "{va:#x} is already mapped"),
+        }
+    }
+}
+
 impl Stage1Builder {
     /// Takes the pool. Call once.
     pub fn take() -> Self {
@@ -95,9 +105,13 @@ impl Stage1Builder {
 
     /// Identity-maps `[start, end)` (4 KiB aligned).
     pub fn map(&mut self, start: u64, end: u64, attr: S1Attr) -> Result<(), Stage1Error> {
-        if start % 4096 != 0 || end % 4096 != 0 {
+        if !start.is_multiple_of(4096) || !end.is_multiple_of(4096) {
             return Err(Stage1Error::Unaligned {
-                addr: if start % 4096 != 0 { start } else { end },
+                addr: if !start.is_multiple_of(4096) {
+                    start
+                } else {
+                    end
+                },
             });
         }
         let mut va = start;
@@ -115,7 +129,7 @@ impl Stage1Builder {
             let size = 1u64 << shift;
             let idx = usize::try_from((va >> shift) & 511).unwrap_or(0);
             let entry = self.pool[table][idx];
-            let block_ok = level >= 2 && va % size == 0 && end - va >= size;
+            let block_ok = level >= 2 && va.is_multiple_of(size) && end - va >= size;
             if level == 3 || block_ok {
                 if entry & VALID != 0 {
                     return Err(Stage1Error::Conflict { va });
