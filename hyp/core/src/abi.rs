@@ -90,7 +90,8 @@ const fn hc(number: u16) -> u32 {
 pub mod hc {
     use super::hc;
 
-    /// `GET_VERSION()` → `x1` = major, `x2` = minor.
+    /// `GET_VERSION()` → `x1` = ABI major, `x2` = ABI minor, `x3` = the
+    /// hypervisor's own version, [`HYP_VERSION`] packed by [`pack_version`].
     pub const GET_VERSION: u32 = hc(0x80);
     /// `HOST_SHARE_HYP(pfn)`: share one host page with the hypervisor.
     pub const HOST_SHARE_HYP: u32 = hc(0x81);
@@ -104,6 +105,30 @@ pub mod hc {
     /// Debug: `PAGE_OWNER(pa)` → `x1` = owner, `x2` = VM handle,
     /// `x3` = host state | hyp state << 8.
     pub const PAGE_OWNER: u32 = hc(0xb0);
+}
+
+/// The hypervisor's release version (major, minor, patch): the crate
+/// version, which the whole hyp shares.
+pub const HYP_VERSION: (u16, u16, u16) = (
+    parse_u16(env!("CARGO_PKG_VERSION_MAJOR")),
+    parse_u16(env!("CARGO_PKG_VERSION_MINOR")),
+    parse_u16(env!("CARGO_PKG_VERSION_PATCH")),
+);
+
+/// `major << 32 | minor << 16 | patch`, as `GET_VERSION` returns it in `x3`.
+pub const fn pack_version(v: (u16, u16, u16)) -> u64 {
+    (v.0 as u64) << 32 | (v.1 as u64) << 16 | v.2 as u64
+}
+
+const fn parse_u16(s: &str) -> u16 {
+    let bytes = s.as_bytes();
+    let mut value: u16 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        value = value * 10 + (bytes[i] - b'0') as u16;
+        i += 1;
+    }
+    value
 }
 
 /// An ABI version: a major bump breaks callers, a minor bump adds calls.
@@ -224,7 +249,7 @@ pub const HOST_CALLS: &[CallDesc] = &[
         name: "GET_VERSION",
         id: hc::GET_VERSION,
         args: &[],
-        results: &["major", "minor"],
+        results: &["abi_major", "abi_minor", "hyp_version"],
     },
     CallDesc {
         name: "HOST_SHARE_HYP",
@@ -540,7 +565,7 @@ mod tests {
         }
         assert!(h.contains("#define CLOISTER_HC_HOST_DONATE_HYP 0xc6000083U\n"));
         assert!(h.contains("/* HOST_DONATE_HYP(pfn, count) -> - */\n"));
-        assert!(h.contains("/* GET_VERSION(-) -> major, minor */\n"));
+        assert!(h.contains("/* GET_VERSION(-) -> abi_major, abi_minor, hyp_version */\n"));
         assert!(h.contains("#define CLOISTER_RET_SUCCESS 0x0\n"));
         assert!(h.contains("#define CLOISTER_RET_INVALID_PARAMETER (-3L)\n"));
         assert!(h.contains("#define CLOISTER_ERR_RESERVED_ARG 0xf\n"));

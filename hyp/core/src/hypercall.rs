@@ -221,7 +221,7 @@ pub fn handle_host_call<H: Hal + ?Sized>(
             ret::SUCCESS,
             u64::from(version.major),
             u64::from(version.minor),
-            0,
+            abi::pack_version(abi::HYP_VERSION),
         ],
         HostCall::HostShareHyp { pfn } => status(state.host_share_hyp(pfn, hal)),
         HostCall::HostUnshareHyp { pfn } => status(state.host_unshare_hyp(pfn, hal)),
@@ -399,7 +399,11 @@ mod tests {
             [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656]
         );
         assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 1, 0, 0]);
-        assert_eq!(call(hc::GET_VERSION, &[], &mut mp), [ret::SUCCESS, 0, 1, 0]);
+        assert_eq!(
+            call(hc::GET_VERSION, &[], &mut mp),
+            [ret::SUCCESS, 0, 1, (0 << 32) | (1 << 16)]
+        );
+        assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 
         let owned = states(PageState::Owned, PageState::NoPage);
         assert_eq!(
