@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 1, 0, 0]);
         assert_eq!(
             call(hc::GET_VERSION, &[], &mut mp),
-            [ret::SUCCESS, 0, 1, (0 << 32) | (1 << 16)]
+            [ret::SUCCESS, 0, 1, abi::pack_version((0, 1, 0))]
         );
         assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 
