@@ -16,13 +16,33 @@ use cloister_agent::protocol::{Report, PROTOCOL_VERSION};
 /// Set by the Ctrl-C handler; every wait loop polls it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// A fact the agent reports and the stack expectation it must equal.
+/// A fact the agent reports and the value it must have on this stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expected {
     /// `kernel_release` = the release build-image recorded.
     KernelRelease,
     /// `entry_el` = the stack's `expect.entry-el`.
     EntryEl,
+    /// `cpus_online` = `0-<smp-1>`: every CPU QEMU was given came up.
+    CpusOnline,
+    /// `hyp_version` = the hypervisor crate's version.
+    HypVersion,
+    /// `hyp_abi` = the host ABI version in `hyp/core/src/abi.rs`.
+    HypAbi,
+    /// `child_signal` = SIGSEGV: a user access to hyp memory is a signal.
+    ChildSignal,
+    /// `write_errno` = EFAULT: a kernel uaccess to hyp memory fails cleanly.
+    WriteErrno,
+    /// `hc_unknown_function`: an unassigned ID in Cloister's range.
+    HcUnknownFunction,
+    /// `hc_reserved_arg`: GET_VERSION with x1 != 0.
+    HcReservedArg,
+    /// `hc_out_of_range`: HOST_SHARE_HYP of a frame past RAM.
+    HcOutOfRange,
+    /// `hc_donate_hyp_page`: HOST_DONATE_HYP of the hyp's own frame.
+    HcDonateHypPage,
+    /// `hyp_page_owner`: PAGE_OWNER of the hyp's frame after all of that.
+    HypPageOwner,
 }
 
 impl Expected {
@@ -30,13 +50,63 @@ impl Expected {
         match self {
             Expected::KernelRelease => "kernel_release",
             Expected::EntryEl => "entry_el",
+            Expected::CpusOnline => "cpus_online",
+            Expected::HypVersion => "hyp_version",
+            Expected::HypAbi => "hyp_abi",
+            Expected::ChildSignal => "child_signal",
+            Expected::WriteErrno => "write_errno",
+            Expected::HcUnknownFunction => "hc_unknown_function",
+            Expected::HcReservedArg => "hc_reserved_arg",
+            Expected::HcOutOfRange => "hc_out_of_range",
+            Expected::HcDonateHypPage => "hc_donate_hyp_page",
+            Expected::HypPageOwner => "hyp_page_owner",
         }
     }
 
+    /// The expected value. Hypercall results come from the hyp core's own
+    /// error encoders, so the test and the hyp share one definition.
     fn value(self, exp: &Expectations) -> String {
+        use cloister_hyp_core::abi::{self, ret};
+        use cloister_hyp_core::addr::Pfn;
+        use cloister_hyp_core::hypercall::DecodeError;
+        use cloister_hyp_core::mem_protect::{MemProtectError, Owner};
+        let x0_x1 = |r: [u64; 4]| format!("{:#x} {:#x}", r[0], r[1]);
         match self {
             Expected::KernelRelease => exp.kernel_release.clone(),
             Expected::EntryEl => exp.entry_el.to_string(),
+            Expected::CpusOnline => match exp.smp {
+                1 => "0".to_owned(),
+                n => format!("0-{}", n - 1),
+            },
+            Expected::HypVersion => {
+                let (major, minor, patch) = abi::HYP_VERSION;
+                format!("{major}.{minor}.{patch}")
+            }
+            Expected::HypAbi => format!("{}.{}", abi::ABI_VERSION.major, abi::ABI_VERSION.minor),
+            Expected::ChildSignal => "SIGSEGV".to_owned(),
+            Expected::WriteErrno => "EFAULT".to_owned(),
+            Expected::HcUnknownFunction => x0_x1(
+                DecodeError::UnknownFunction {
+                    x0: u64::from(abi::hc::GET_VERSION),
+                }
+                .to_regs(),
+            ),
+            Expected::HcReservedArg => x0_x1(DecodeError::ReservedArgNonZero { reg: 1 }.to_regs()),
+            Expected::HcOutOfRange => x0_x1(
+                MemProtectError::OutOfRange {
+                    pfn: Pfn::new(0),
+                    count: 1,
+                }
+                .to_regs(),
+            ),
+            Expected::HcDonateHypPage => x0_x1(
+                MemProtectError::NotOwned {
+                    pfn: Pfn::new(0),
+                    owner: Owner::Hyp,
+                }
+                .to_regs(),
+            ),
+            Expected::HypPageOwner => x0_x1([ret::SUCCESS, abi::owner::HYP, 0, 0]),
         }
     }
 }
@@ -53,6 +123,20 @@ pub enum Kind {
     /// Boot the demo initramfs, wait for the busybox prompt on the serial
     /// console, type `poweroff`, expect QEMU to exit with status 0.
     DemoShell,
+    /// Boot a deliberately damaged `cloister.img`: the hyp must refuse it
+    /// with a console message naming what is wrong and power off.
+    DamagedImage(Damage),
+}
+
+/// How the damaged-image scenarios break `cloister.img`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// Payload table magic overwritten.
+    BadMagic,
+    /// One byte of the kernel blob flipped (its CRC no longer matches).
+    BadChecksum,
+    /// File cut in the middle of the kernel blob.
+    Truncated,
 }
 
 #[derive(Debug, Clone)]
@@ -61,43 +145,123 @@ pub struct Scenario {
     pub what: &'static str,
     pub kind: Kind,
     pub timeout: Duration,
+    /// Only meaningful with the hypervisor in front of the host.
+    pub needs_hyp: bool,
+    /// Boot with this many CPUs instead of the stack's `qemu.smp`.
+    pub smp: Option<u32>,
 }
 
 /// Every scenario, in the order they run.
 pub fn scenarios() -> Vec<Scenario> {
+    let agent = |name: &'static str,
+                 what: &'static str,
+                 facts: &'static [Expected],
+                 needs_hyp: bool| Scenario {
+        name,
+        what,
+        kind: Kind::Agent {
+            agent_scenario: name,
+            facts,
+        },
+        timeout: Duration::from_secs(120),
+        needs_hyp,
+        smp: None,
+    };
+    let damaged = |name: &'static str, what: &'static str, damage: Damage| Scenario {
+        name,
+        what,
+        kind: Kind::DamagedImage(damage),
+        timeout: Duration::from_secs(60),
+        needs_hyp: true,
+        smp: None,
+    };
     vec![
+        agent(
+            "boot",
+            "the host kernel boots to the test agent",
+            &[],
+            false,
+        ),
+        agent(
+            "kernel-version",
+            "uname -r equals the release build-image built",
+            &[Expected::KernelRelease],
+            false,
+        ),
+        agent(
+            "entry-el",
+            "the kernel was entered at the stack's expected exception level",
+            &[Expected::EntryEl],
+            false,
+        ),
+        agent(
+            "cpus",
+            "every CPU of the stack is online",
+            &[Expected::CpusOnline],
+            false,
+        ),
         Scenario {
-            name: "boot",
-            what: "the host kernel boots to the test agent",
-            kind: Kind::Agent {
-                agent_scenario: "boot",
-                facts: &[],
-            },
-            timeout: Duration::from_secs(120),
+            name: "cpus-smp4",
+            smp: Some(4),
+            ..agent(
+                "cpus",
+                "with -smp 4, all four CPUs come up (through the hyp's PSCI relay)",
+                &[Expected::CpusOnline],
+                false,
+            )
         },
-        Scenario {
-            name: "kernel-version",
-            what: "uname -r equals the release build-image built",
-            kind: Kind::Agent {
-                agent_scenario: "kernel-version",
-                facts: &[Expected::KernelRelease],
-            },
-            timeout: Duration::from_secs(120),
-        },
-        Scenario {
-            name: "entry-el",
-            what: "the kernel was entered at the stack's expected exception level",
-            kind: Kind::Agent {
-                agent_scenario: "entry-el",
-                facts: &[Expected::EntryEl],
-            },
-            timeout: Duration::from_secs(120),
-        },
+        agent(
+            "hyp-info",
+            "/sys/hypervisor/cloister/{version,abi} match the hyp that booted",
+            &[Expected::HypVersion, Expected::HypAbi],
+            true,
+        ),
+        agent(
+            "devmem-user",
+            "a user read of the hyp carve-out via /dev/mem gets SIGSEGV and the host lives on",
+            &[Expected::ChildSignal],
+            true,
+        ),
+        agent(
+            "uaccess-efault",
+            "a kernel uaccess read of the carve-out returns EFAULT and the host lives on",
+            &[Expected::WriteErrno],
+            true,
+        ),
+        agent(
+            "bad-hypercall",
+            "malformed and forbidden host hypercalls get their defined errors and change nothing",
+            &[
+                Expected::HcUnknownFunction,
+                Expected::HcReservedArg,
+                Expected::HcOutOfRange,
+                Expected::HcDonateHypPage,
+                Expected::HypPageOwner,
+            ],
+            true,
+        ),
+        damaged(
+            "damaged-magic",
+            "the hyp refuses an image whose payload table magic is wrong",
+            Damage::BadMagic,
+        ),
+        damaged(
+            "damaged-checksum",
+            "the hyp refuses an image with a corrupted kernel blob",
+            Damage::BadChecksum,
+        ),
+        damaged(
+            "damaged-truncated",
+            "the hyp refuses an image cut short",
+            Damage::Truncated,
+        ),
         Scenario {
             name: "demo-shell",
             what: "the demo boots to a busybox prompt and `poweroff` exits QEMU with status 0",
             kind: Kind::DemoShell,
             timeout: Duration::from_secs(120),
+            needs_hyp: false,
+            smp: None,
         },
     ]
 }
@@ -107,6 +271,8 @@ pub fn scenarios() -> Vec<Scenario> {
 pub struct Expectations {
     pub entry_el: u8,
     pub kernel_release: String,
+    /// CPUs QEMU boots with.
+    pub smp: u32,
 }
 
 /// A scenario's result.
@@ -114,6 +280,8 @@ pub struct Expectations {
 pub enum Verdict {
     Pass,
     Fail(String),
+    /// Not applicable to this stack; the reason is printed.
+    Skip(String),
 }
 
 /// Judges an agent scenario from the text of its result port.
@@ -351,6 +519,82 @@ pub fn run_agent_scenario(
     Ok(verdict)
 }
 
+/// Writes a damaged copy of `image` to `out` and returns the text the hyp
+/// must print: the payload parser's own message for the damaged bytes (the
+/// hyp runs the same parser, and QEMU's RAM past the file reads as zeros).
+pub fn damage_image(image: &Path, out: &Path, damage: Damage) -> Result<String> {
+    use cloister_hyp_core::payload;
+    let mut bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let table = (0..bytes.len())
+        .step_by(payload::TABLE_ALIGN)
+        .find(|&off| bytes.get(off..off + 8) == Some(&payload::MAGIC[..]))
+        .with_context(|| format!("{} has no payload table", image.display()))?;
+    let parsed =
+        payload::parse(&bytes[table..]).map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+    let kernel = parsed
+        .blob(payload::PayloadKind::Kernel)
+        .context("no kernel blob")?;
+    let kernel_at = table + usize::try_from(kernel.offset)?;
+    let kernel_len = kernel.bytes.len();
+    let total = usize::try_from(parsed.total_size())?;
+    match damage {
+        Damage::BadMagic => bytes[table..table + 8].copy_from_slice(b"CLSTRXXX"),
+        Damage::BadChecksum => bytes[kernel_at + kernel_len / 3] ^= 0x5a,
+        Damage::Truncated => bytes.truncate(kernel_at + kernel_len / 2),
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let mut seen = bytes[table..].to_vec();
+    seen.resize(seen.len().max(total), 0);
+    match payload::parse(&seen) {
+        Ok(_) => anyhow::bail!("damage {damage:?} left a valid payload table"),
+        Err(e) => Ok(format!("is invalid: {e}")),
+    }
+}
+
+/// Boots a damaged image: passes when the hyp printed its refusal with the
+/// expected reason, never started Linux, and powered the machine off.
+pub fn run_damaged_image(
+    scenario: &Scenario,
+    mut cmd: Command,
+    files: &ScenarioFiles,
+    expected: &str,
+) -> Result<Verdict> {
+    let end = run_boot(&mut cmd, &files.qemu_log, scenario.timeout)?;
+    let console = std::fs::read_to_string(&files.console).unwrap_or_default();
+    let refused = console
+        .lines()
+        .any(|l| l.contains("refusing to boot the host") && l.contains(expected));
+    let verdict = match end {
+        BootEnd::Interrupted => {
+            Verdict::Fail(format!("scenario {} interrupted (Ctrl-C)", scenario.name))
+        }
+        BootEnd::TimedOut => Verdict::Fail(with_console(
+            format!(
+                "scenario {}: QEMU still running after {}s (the hyp must power off)",
+                scenario.name,
+                scenario.timeout.as_secs()
+            ),
+            files,
+        )),
+        BootEnd::Exited(_) if console.contains("Booting Linux") => Verdict::Fail(with_console(
+            format!(
+                "scenario {}: the hyp booted the host from a damaged image",
+                scenario.name
+            ),
+            files,
+        )),
+        BootEnd::Exited(_) if !refused => Verdict::Fail(with_console(
+            format!(
+                "scenario {}: no refusal mentioning {expected:?} on the console",
+                scenario.name
+            ),
+            files,
+        )),
+        BootEnd::Exited(_) => Verdict::Pass,
+    };
+    Ok(verdict)
+}
+
 /// The prompt /etc/profile sets in the host shell.
 pub const HOST_PROMPT: &str = "cloister-host:";
 
@@ -452,6 +696,7 @@ mod tests {
         Expectations {
             entry_el: 2,
             kernel_release: "6.12.117".into(),
+            smp: 2,
         }
     }
 
@@ -552,6 +797,8 @@ mod tests {
                 facts: &[],
             },
             timeout: Duration::from_millis(700),
+            needs_hyp: false,
+            smp: None,
         };
         // Stands in for a QEMU whose guest prints a little and then hangs.
         let mut fake_qemu = Command::new("sh");
@@ -588,6 +835,28 @@ mod tests {
         // SAFETY: signal 0 only checks whether the pid exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "child {pid} survived its guard");
+    }
+
+    #[test]
+    fn hypercall_expectations_come_from_the_abi() {
+        // NOT_SUPPORTED / UNKNOWN_FUNCTION, INVALID_PARAMETER / RESERVED_ARG.
+        assert_eq!(
+            Expected::HcUnknownFunction.value(&exp()),
+            "0xffffffffffffffff 0xe"
+        );
+        assert_eq!(
+            Expected::HcReservedArg.value(&exp()),
+            "0xfffffffffffffffd 0xf"
+        );
+        assert_eq!(Expected::HypPageOwner.value(&exp()), "0x0 0x2");
+        assert_eq!(
+            Expected::CpusOnline.value(&Expectations { smp: 4, ..exp() }),
+            "0-3"
+        );
+        assert_eq!(
+            Expected::CpusOnline.value(&Expectations { smp: 1, ..exp() }),
+            "0"
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct BootOptions {
     pub gdb: bool,
     /// `-d int,guest_errors,unimp -D <file>`.
     pub trace: Option<PathBuf>,
+    /// `-smp` instead of the stack's.
+    pub smp: Option<u32>,
 }
 
 /// The kernel command line for a boot.
@@ -77,7 +79,7 @@ pub fn args(stack: &Stack, manifest_or_paths: &ArtifactPaths, opts: &BootOptions
         "-cpu".into(),
         q.cpu.clone(),
         "-smp".into(),
-        q.smp.to_string(),
+        opts.smp.unwrap_or(q.smp).to_string(),
         "-m".into(),
         format!("{}M", q.memory_mib),
         "-kernel".into(),
@@ -201,6 +203,7 @@ mod tests {
             results: Some("/o/results.jsonl".into()),
             gdb: false,
             trace: None,
+            smp: None,
         };
         let a = args(&stack(), &paths, &opts);
         let joined = a.join(" ");
@@ -231,9 +234,11 @@ mod tests {
             results: None,
             gdb: true,
             trace: Some("/o/trace.log".into()),
+            smp: Some(4),
         };
         let joined = args(&stack(), &paths, &opts).join(" ");
         assert!(joined.contains("-nographic"), "{joined}");
+        assert!(joined.contains("-smp 4"), "{joined}");
         assert!(joined.contains("-s -S"), "{joined}");
         assert!(
             joined.contains("-d int,guest_errors,unimp -D /o/trace.log"),

@@ -53,6 +53,7 @@ impl Run {
             results: None,
             gdb: self.gdb,
             trace: trace.clone(),
+            smp: None,
         };
         let qemu_path = if self.dry_run {
             qemu::binary().unwrap_or_else(|_| qemu::QEMU.into())

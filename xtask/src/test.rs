@@ -198,9 +198,17 @@ impl Test {
             results_dir.join("results.tap").display(),
             results_dir.join("junit.xml").display()
         );
-        // The closing line CI reads; no scenario is stack-specific yet, so
-        // nothing is ever skipped.
-        println!("{passed} passed, {failed} failed");
+        let skipped = outcomes
+            .iter()
+            .filter(|o| matches!(o.verdict, Verdict::Skip(_)))
+            .count();
+        // The closing line CI reads; skips are only scenarios a stack does
+        // not support, each with its reason above.
+        if skipped > 0 {
+            println!("{passed} passed, {failed} failed, {skipped} skipped");
+        } else {
+            println!("{passed} passed, {failed} failed");
+        }
         if failed > 0 {
             std::process::exit(1);
         }
@@ -235,9 +243,15 @@ fn run_scenario(
 ) -> Result<Verdict> {
     let files = ScenarioFiles::new(dir)?;
     let paths = ArtifactPaths::from_manifest(manifest)?;
+    if scenario.needs_hyp && !stack.file.hyp.enabled {
+        return Ok(Verdict::Skip(
+            "needs the hypervisor (hyp.enabled = false on this stack)".into(),
+        ));
+    }
     let exp = Expectations {
         entry_el: stack.file.expect.entry_el,
         kernel_release: manifest.kernel_release.clone(),
+        smp: scenario.smp.unwrap_or(stack.file.qemu.smp),
     };
     match &scenario.kind {
         Kind::Agent {
@@ -250,6 +264,7 @@ fn run_scenario(
                 results: Some(files.results.clone()),
                 gdb: false,
                 trace: None,
+                smp: scenario.smp,
             };
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
@@ -262,10 +277,30 @@ fn run_scenario(
                 results: None,
                 gdb: false,
                 trace: None,
+                smp: scenario.smp,
             };
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
             e2e::run_demo_shell(scenario, cmd, &files)
+        }
+        Kind::DamagedImage(damage) => {
+            let damaged = dir.join("damaged.img");
+            let expected = e2e::damage_image(&paths.kernel, &damaged, *damage)?;
+            let opts = BootOptions {
+                console: Console::File(files.console.clone()),
+                extra_cmdline: Vec::new(),
+                results: None,
+                gdb: false,
+                trace: None,
+                smp: scenario.smp,
+            };
+            let damaged_paths = ArtifactPaths {
+                kernel: damaged,
+                ..paths.clone()
+            };
+            let mut cmd = Command::new(qemu_path);
+            cmd.args(qemu::args(stack, &damaged_paths, &opts));
+            e2e::run_damaged_image(scenario, cmd, &files, &expected)
         }
     }
     .context("running scenario")
@@ -306,6 +341,7 @@ impl Tap {
         self.next += 1;
         match &verdict {
             Verdict::Pass => self.emit(&format!("ok {n} - {name} # {:.1}s", time.as_secs_f64())),
+            Verdict::Skip(why) => self.emit(&format!("ok {n} - {name} # SKIP {why}")),
             Verdict::Fail(why) => {
                 self.emit(&format!("not ok {n} - {name}"));
                 self.emit("  ---");
@@ -332,6 +368,11 @@ fn write_junit(path: &Path, outcomes: &[Outcome]) -> Result<()> {
         for o in outcomes.iter().filter(|o| o.suite == suite_name) {
             let status = match &o.verdict {
                 Verdict::Pass => TestCaseStatus::success(),
+                Verdict::Skip(why) => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(why.clone());
+                    s
+                }
                 Verdict::Fail(why) => {
                     let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                     s.set_message(why.lines().next().unwrap_or("failed").to_owned());

@@ -9,7 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cloister_agent::parse;
 use cloister_agent::protocol::{Report, PROTOCOL_VERSION, RESULT_PORT_NAME, SCENARIO_CMDLINE_KEY};
@@ -19,6 +19,23 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("boot", "reaches the agent and reports nothing else"),
     ("kernel-version", "reports `kernel_release` from uname(2)"),
     ("entry-el", "reports `entry_el` from the kernel log"),
+    ("cpus", "reports `cpus_online` from sysfs"),
+    (
+        "hyp-info",
+        "reports `hyp_version` and `hyp_abi` from /sys/hypervisor/cloister",
+    ),
+    (
+        "devmem-user",
+        "a child reads the hyp carve-out through /dev/mem; reports the signal that ended it",
+    ),
+    (
+        "uaccess-efault",
+        "write(2) from a /dev/mem mapping of the carve-out; reports the errno",
+    ),
+    (
+        "bad-hypercall",
+        "sends malformed hypercalls through debugfs; reports x0 x1 of each",
+    ),
 ];
 
 fn main() {
@@ -102,6 +119,32 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
             },
             Err(e) => vec![check("kmsg", false, format!("reading /dev/kmsg: {e}"))],
         },
+        "cpus" => match fs::read_to_string("/sys/devices/system/cpu/online") {
+            Ok(online) => vec![fact("cpus_online", online.trim().to_owned())],
+            Err(e) => vec![check("cpus", false, format!("reading cpu/online: {e}"))],
+        },
+        "hyp-info" => {
+            let read = |f: &str| {
+                fs::read_to_string(format!("/sys/hypervisor/cloister/{f}"))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_else(|e| format!("unreadable: {e}"))
+            };
+            vec![
+                fact("hyp_version", read("version")),
+                fact("hyp_abi", read("abi")),
+            ]
+        }
+        "devmem-user" => with_carveout(|pa| {
+            let mut out = vec![fact("child_signal", devmem_child_signal(pa))];
+            out.push(host_alive());
+            out
+        }),
+        "uaccess-efault" => with_carveout(|pa| {
+            let mut out = vec![fact("write_errno", uaccess_write_errno(pa))];
+            out.push(host_alive());
+            out
+        }),
+        "bad-hypercall" => with_carveout(bad_hypercalls),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(
@@ -126,6 +169,204 @@ fn check(name: &str, ok: bool, detail: String) -> Report {
         ok,
         detail,
     }
+}
+
+/// Runs `f` with the physical address of the hyp's own image: the lowest
+/// `/reserved-memory/cloister-hyp@...` region in the host's device tree.
+fn with_carveout(f: impl FnOnce(u64) -> Vec<Report>) -> Vec<Report> {
+    match hyp_carveout() {
+        Ok(pa) => {
+            let mut out = vec![fact("carveout", format!("{pa:#x}"))];
+            out.extend(f(pa));
+            out
+        }
+        Err(e) => vec![check("carveout", false, e)],
+    }
+}
+
+fn hyp_carveout() -> Result<u64, String> {
+    let dir = "/sys/firmware/devicetree/base/reserved-memory";
+    let entries = fs::read_dir(dir).map_err(|e| format!("reading {dir}: {e}"))?;
+    let mut lowest: Option<u64> = None;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("cloister-hyp@")
+        {
+            continue;
+        }
+        let reg = fs::read(entry.path().join("reg")).map_err(|e| format!("reading reg: {e}"))?;
+        // Two address cells (the hyp writes the root's cells; QEMU uses 2).
+        let base = reg
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| format!("{}: reg is {} bytes", entry.path().display(), reg.len()))?;
+        lowest = Some(lowest.map_or(base, |l: u64| l.min(base)));
+    }
+    lowest.ok_or_else(|| format!("no cloister-hyp@ node under {dir}"))
+}
+
+/// Maps one page of /dev/mem at `pa` (read-only).
+fn map_devmem(pa: u64) -> Result<*const u64, String> {
+    let mem = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_SYNC)
+        .open("/dev/mem")
+        .map_err(|e| format!("opening /dev/mem: {e}"))?;
+    let offset = libc::off_t::try_from(pa).map_err(|_| format!("{pa:#x} too large"))?;
+    // SAFETY: a fresh shared read-only mapping of one page; nothing aliases it
+    // in this process, and the fd may be closed once mapped.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&mem),
+            offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap /dev/mem at {pa:#x}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(ptr.cast::<u64>().cast_const())
+}
+
+/// Forks a child that reads the carve-out; returns how the child ended.
+fn devmem_child_signal(pa: u64) -> String {
+    // SAFETY: the child only maps, reads and exits; no locks are held here
+    // (the agent is single-threaded).
+    match unsafe { libc::fork() } {
+        -1 => format!("fork failed: {}", io::Error::last_os_error()),
+        0 => {
+            let code = match map_devmem(pa) {
+                Ok(ptr) => {
+                    // SAFETY: reading the page mapped above; the hyp is
+                    // expected to make this fault, which is the point.
+                    let v = unsafe { std::ptr::read_volatile(ptr) };
+                    eprintln!("cloister-agent: read {v:#x} from the hyp carve-out");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("cloister-agent: {e}");
+                    2
+                }
+            };
+            // SAFETY: leaving the forked child without running atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            if libc::WIFSIGNALED(status) {
+                signal_name(libc::WTERMSIG(status))
+            } else {
+                format!("exited {}", libc::WEXITSTATUS(status))
+            }
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// write(2)s the carve-out (mapped, never touched from user space) into a
+/// pipe, so only the kernel's uaccess reads it; returns the errno.
+fn uaccess_write_errno(pa: u64) -> String {
+    let ptr = match map_devmem(pa) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two fds into the array we own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return format!("pipe: {}", io::Error::last_os_error());
+    }
+    // SAFETY: the kernel reads from `ptr` with uaccess; a fault there must
+    // come back as EFAULT, never touch our memory.
+    let n = unsafe { libc::write(fds[1], ptr.cast(), 4096) };
+    let errno = io::Error::last_os_error();
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    if n >= 0 {
+        format!("wrote {n} bytes")
+    } else if errno.raw_os_error() == Some(libc::EFAULT) {
+        "EFAULT".into()
+    } else {
+        format!("{errno}")
+    }
+}
+
+/// The host still works after a fault: a file round-trips through tmpfs.
+fn host_alive() -> Report {
+    let path = "/tmp/cloister-alive";
+    let ok = fs::write(path, b"alive")
+        .and_then(|()| fs::read(path))
+        .is_ok_and(|d| d == b"alive");
+    check(
+        "host_alive",
+        ok,
+        "tmpfs write and read back after the fault".into(),
+    )
+}
+
+const DEBUGFS_HYPERCALL: &str = "/sys/kernel/debug/cloister/hypercall";
+
+/// One raw hypercall through the host driver's debugfs hook; returns "x0 x1".
+fn hypercall(line: &str) -> Result<String, String> {
+    fs::write(DEBUGFS_HYPERCALL, line).map_err(|e| format!("writing {line:?}: {e}"))?;
+    let out = fs::read_to_string(DEBUGFS_HYPERCALL).map_err(|e| format!("reading result: {e}"))?;
+    let regs: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+        .collect();
+    match regs.as_slice() {
+        [x0, x1, ..] => Ok(format!("{x0:#x} {x1:#x}")),
+        _ => Err(format!("unexpected result {out:?}")),
+    }
+}
+
+/// Malformed host hypercalls and one the host may not make; each must get
+/// its defined error and change nothing (the hyp page stays the hyp's).
+fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
+    if !Path::new(DEBUGFS_HYPERCALL).exists() {
+        let _ = fs::create_dir_all("/sys/kernel/debug");
+        mount("debugfs", "/sys/kernel/debug");
+    }
+    let hyp_pfn = hyp_pa >> 12;
+    let cases = [
+        ("hc_unknown_function", "0xc60000bf".to_owned()),
+        ("hc_reserved_arg", "0xc6000080 1".to_owned()),
+        ("hc_out_of_range", "0xc6000081 0xfffffffff".to_owned()),
+        ("hc_donate_hyp_page", format!("0xc6000083 {hyp_pfn:#x} 1")),
+    ];
+    let mut out = Vec::new();
+    for (key, line) in cases {
+        match hypercall(&line) {
+            Ok(v) => out.push(fact(key, v)),
+            Err(e) => out.push(check(key, false, e)),
+        }
+    }
+    match hypercall(&format!("0xc60000b0 {hyp_pa:#x}")) {
+        Ok(v) => out.push(fact("hyp_page_owner", v)),
+        Err(e) => out.push(check("hyp_page_owner", false, e)),
+    }
+    out
 }
 
 /// Finds the virtio-serial port by name in sysfs and opens its device node.
@@ -183,26 +424,35 @@ fn uname_release() -> io::Result<String> {
 }
 
 fn mount_pseudo_filesystems() {
-    for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+    for (fstype, target) in [
+        ("proc", "/proc"),
+        ("sysfs", "/sys"),
+        ("devtmpfs", "/dev"),
+        ("tmpfs", "/tmp"),
+    ] {
         let _ = fs::create_dir_all(target);
-        let c_type = std::ffi::CString::new(fstype).unwrap_or_default();
-        let c_target = std::ffi::CString::new(target).unwrap_or_default();
-        // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c_type.as_ptr(),
-                c_target.as_ptr(),
-                c_type.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            eprintln!(
-                "cloister-agent: mount {fstype} on {target}: {}",
-                io::Error::last_os_error()
-            );
-        }
+        mount(fstype, target);
+    }
+}
+
+fn mount(fstype: &str, target: &str) {
+    let c_type = std::ffi::CString::new(fstype).unwrap_or_default();
+    let c_target = std::ffi::CString::new(target).unwrap_or_default();
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c_type.as_ptr(),
+            c_target.as_ptr(),
+            c_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "cloister-agent: mount {fstype} on {target}: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
