@@ -4,6 +4,7 @@
 //! file only dispatches. Every path is relative to the project root, which is
 //! found from this crate's manifest directory, so xtask works from any cwd.
 
+mod bench;
 mod build;
 mod cache;
 mod deps;
@@ -35,6 +36,8 @@ enum Xtask {
     Test(test::Test),
     /// Print a stack's fully resolved description.
     Inspect(stack::Inspect),
+    /// Measure what the stack costs (`bench boot`).
+    Bench(bench::Bench),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Xtask::Run(cmd) => cmd.run(),
         Xtask::Test(cmd) => cmd.run(),
         Xtask::Inspect(cmd) => cmd.run(),
+        Xtask::Bench(cmd) => cmd.run(),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,0 +1,196 @@
+//! `cargo xtask bench boot`: what the hypervisor costs at boot.
+//!
+//! Boots the same host kernel and initramfs N times directly and N times
+//! under the hyp, interleaved so machine noise hits both alike, and measures
+//! wall time from starting QEMU to the agent's first line on the result
+//! port. Prints both medians and their ratio, all from this one run.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::e2e::ChildGuard;
+use crate::qemu::{self, ArtifactPaths, BootOptions, Console};
+use crate::{build, stack};
+
+/// `cargo xtask bench boot [-n N]`
+#[derive(Debug, clap::Args)]
+pub struct Bench {
+    #[command(subcommand)]
+    what: BenchKind,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchKind {
+    /// Boot time to the agent, direct vs. under the hyp.
+    Boot {
+        /// Boots per stack.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        runs: usize,
+        /// Stack that boots the host kernel directly.
+        #[arg(long, default_value = DIRECT_STACK)]
+        direct: String,
+        /// Stack that boots the same kernel under the hyp.
+        #[arg(long, default_value = HYP_STACK)]
+        hyp: String,
+    },
+}
+
+pub const DIRECT_STACK: &str = "qemu-virt";
+pub const HYP_STACK: &str = "qemu-virt-hyp";
+
+/// Longest a single boot may take before the bench gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Bench {
+    pub fn run(self) -> Result<()> {
+        match self.what {
+            BenchKind::Boot { runs, direct, hyp } => bench_boot(runs, &direct, &hyp),
+        }
+    }
+}
+
+fn bench_boot(runs: usize, direct: &str, hyp: &str) -> Result<()> {
+    if runs == 0 {
+        bail!("-n must be at least 1");
+    }
+    let root = crate::project_root();
+    let stacks = [stack::load(&root, direct)?, stack::load(&root, hyp)?];
+    if stacks[0].file.hyp.enabled || !stacks[1].file.hyp.enabled {
+        bail!("--direct must name a stack without the hyp and --hyp one with it");
+    }
+    let manifests = [
+        build::build_image(direct, false)?,
+        build::build_image(hyp, false)?,
+    ];
+    if manifests[0]
+        .output("host-kernel-config")
+        .ok()
+        .map(crate::cache::sha256_file)
+        .transpose()?
+        != manifests[1]
+            .output("host-kernel-config")
+            .ok()
+            .map(crate::cache::sha256_file)
+            .transpose()?
+    {
+        bail!("{direct} and {hyp} build different kernels; the comparison would be meaningless");
+    }
+    let qemu_path = qemu::binary()?;
+    let work = crate::cloister_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+
+    let bar = ProgressBar::new(u64::try_from(2 * runs)?);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} boots {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..runs {
+        for (k, (stack, manifest)) in stacks.iter().zip(&manifests).enumerate() {
+            bar.set_message(format!("{} #{}", stack.name, i + 1));
+            let paths = ArtifactPaths::from_manifest(manifest)?;
+            let t = time_to_agent(&qemu_path, stack, &paths, &work)
+                .with_context(|| format!("boot {} of {}", i + 1, stack.name))?;
+            times[k].push(t);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let medians = [median(&mut times[0]), median(&mut times[1])];
+    let ratio = medians[1].as_secs_f64() / medians[0].as_secs_f64();
+    println!("boot to the agent's first line, {runs} boots each (median):");
+    println!(
+        "  {:16} {:>8.3}s   (host kernel entered at EL2)",
+        direct,
+        medians[0].as_secs_f64()
+    );
+    println!(
+        "  {:16} {:>8.3}s   (hyp, then host at EL1)",
+        hyp,
+        medians[1].as_secs_f64()
+    );
+    println!("  ratio hyp/direct {ratio:.3} (goal <= 1.5)");
+    let report = serde_json::json!({
+        "runs": runs,
+        "direct": { "stack": direct, "median_s": medians[0].as_secs_f64(), "all_s": secs(&times[0]) },
+        "hyp": { "stack": hyp, "median_s": medians[1].as_secs_f64(), "all_s": secs(&times[1]) },
+        "ratio": ratio,
+    });
+    let out = work.join("boot.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("  raw times: {}", out.display());
+    Ok(())
+}
+
+fn secs(times: &[Duration]) -> Vec<f64> {
+    times.iter().map(Duration::as_secs_f64).collect()
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+/// Boots once and returns the time until the result port has a line.
+fn time_to_agent(
+    qemu_path: &Path,
+    stack: &stack::Stack,
+    paths: &ArtifactPaths,
+    work: &Path,
+) -> Result<Duration> {
+    let results = work.join(format!("{}-results.jsonl", stack.name));
+    let console = work.join(format!("{}-console.log", stack.name));
+    let _ = std::fs::remove_file(&results);
+    let opts = BootOptions {
+        console: Console::File(console.clone()),
+        extra_cmdline: qemu::agent_cmdline("boot"),
+        results: Some(results.clone()),
+        gdb: false,
+        trace: None,
+        smp: None,
+    };
+    let mut cmd = Command::new(qemu_path);
+    cmd.args(qemu::args(stack, paths, &opts))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let mut guard = ChildGuard(cmd.spawn().context("starting QEMU")?);
+    loop {
+        if std::fs::metadata(&results).is_ok_and(|m| m.len() > 0) {
+            let elapsed = started.elapsed();
+            let _ = guard.0.wait();
+            return Ok(elapsed);
+        }
+        if let Some(status) = guard.0.try_wait()? {
+            bail!(
+                "QEMU exited ({status}) before the agent reported; console: {}",
+                console.display()
+            );
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            bail!(
+                "no agent line after {}s; console: {}",
+                BOOT_TIMEOUT.as_secs(),
+                console.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_picks_the_middle_of_sorted_times() {
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(median(&mut [ms(30), ms(10), ms(20)]), ms(20));
+        assert_eq!(median(&mut [ms(40), ms(10), ms(30), ms(20)]), ms(30));
+    }
+}
