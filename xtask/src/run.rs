@@ -66,13 +66,21 @@ impl Run {
             println!("{}", display_command(&cmd));
             return Ok(());
         }
-        let _ = Manifest::load(&build::manifest_path(&self.stack))?;
+        let manifest = Manifest::load(&build::manifest_path(&self.stack))?;
         if self.gdb {
             println!(
                 "QEMU waits for gdb on :1234. Attach with:\n  gdb-multiarch {} -ex {}",
                 shell_quote(&paths.vmlinux.display().to_string()),
                 shell_quote("target remote localhost:1234")
             );
+            if let Ok(hyp) = manifest.output("hyp-elf") {
+                // The hyp is a PIE linked at 0; QEMU virt loads -kernel
+                // images at RAM + 2 MiB.
+                println!(
+                    "  hyp symbols (QEMU virt loads it at 0x40200000):\n    -ex {}",
+                    shell_quote(&format!("add-symbol-file {} -o 0x40200000", hyp.display()))
+                );
+            }
         }
         if let Some(t) = &trace {
             println!("QEMU trace -> {}", t.display());
