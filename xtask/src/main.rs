@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod cache;
+mod codegen;
 mod deps;
 mod e2e;
 mod initramfs;
@@ -18,6 +19,7 @@ mod run;
 mod stack;
 mod stage;
 mod test;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,8 @@ enum Xtask {
     Inspect(stack::Inspect),
     /// Measure what the stack costs (`bench boot`).
     Bench(bench::Bench),
+    /// Regenerate files derived from the Rust ABI definitions (`--check` to verify).
+    Codegen(codegen::Codegen),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Xtask::Test(cmd) => cmd.run(),
         Xtask::Inspect(cmd) => cmd.run(),
         Xtask::Bench(cmd) => cmd.run(),
+        Xtask::Codegen(cmd) => cmd.run(),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
