@@ -39,8 +39,10 @@ enum BenchKind {
     },
 }
 
-pub const DIRECT_STACK: &str = "qemu-virt";
-pub const HYP_STACK: &str = "qemu-virt-hyp";
+/// The baseline: the host kernel booted directly at EL2.
+pub const DIRECT_STACK: &str = "qemu-virt-direct";
+/// The same kernel under the hyp (the default stack).
+pub const HYP_STACK: &str = crate::DEFAULT_STACK;
 
 /// Longest a single boot may take before the bench gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
