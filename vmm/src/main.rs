@@ -1,10 +1,67 @@
-//! `cloister-vmm`: placeholder until guests run on the hypervisor.
-//!
-//! The VMM (kvm-ioctls against `/dev/cloister`, virtio devices, FDT
-//! generation) arrives with the guests milestone; build-image does not ship
-//! this binary yet.
+//! `cloister-vmm`: run a VM on Cloister.
 
-fn main() {
-    eprintln!("cloister-vmm: no VMM yet; guests arrive with the guests-on-the-hyp milestone");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cloister_vmm::arch::layout::{MAX_MEM_MIB, MIN_MEM_MIB};
+
+/// Run a normal or protected VM on the Cloister hypervisor through
+/// /dev/cloister (a subset of the KVM ioctl ABI).
+#[derive(Debug, Parser)]
+#[command(name = "cloister-vmm", version)]
+struct Cli {
+    /// Guest kernel: an arm64 Linux Image or a raw binary.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest kernel command line.
+    #[arg(long, default_value = "console=ttyAMA0")]
+    cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(MIN_MEM_MIB..=MAX_MEM_MIB))]
+    mem: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    cpus: u32,
+    /// A protected VM (its memory is donated to the hypervisor).
+    #[arg(long)]
+    protected: bool,
+    /// The KVM-compatible device to use.
+    #[arg(long, default_value = "/dev/cloister")]
+    device: PathBuf,
+}
+
+#[cfg(target_arch = "aarch64")]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = cloister_vmm::vstate::VmConfig {
+        device: cli.device,
+        kernel: cli.kernel,
+        initrd: cli.initrd,
+        cmdline: cli.cmdline,
+        mem_mib: cli.mem,
+        vcpus: cli.cpus,
+        protected: cli.protected,
+    };
+    match cloister_vmm::vstate::run(&cfg, std::io::stdout()) {
+        Ok(cloister_vmm::vstate::GuestEnd::PowerOff) => ExitCode::SUCCESS,
+        Ok(end) => {
+            eprintln!("cloister-vmm: guest ended with {end:?}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("cloister-vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn main() -> ExitCode {
+    let _ = Cli::parse();
+    eprintln!("cloister-vmm runs on aarch64 hosts (the Cloister host); build it with `cargo xtask build-image`");
+    ExitCode::FAILURE
 }

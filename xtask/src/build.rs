@@ -109,13 +109,17 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     let agent = run_stage(&logs, "agent", |stage| {
         build_musl_binary(stage, &root, "cloister-agent", &stamps)
     })?;
+    let vmm = run_stage(&logs, "vmm", |stage| {
+        build_musl_binary(stage, &root, "cloister-vmm", &stamps)
+    })?;
 
     let overlay = root.join("stacks/rootfs/host");
     let initrd = out.join("host-initramfs.cpio");
     run_stage(&logs, "initramfs", |stage| {
         let mut key = KeyBuilder::new("host-initramfs");
         key.add_file("busybox", &busybox)?
-            .add_file("agent", &agent)?;
+            .add_file("agent", &agent)?
+            .add_file("vmm", &vmm)?;
         for entry in initramfs::overlay_entries(&overlay)? {
             key.add_str("overlay", &format!("{entry:?}"));
         }
@@ -125,8 +129,12 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             return Ok(((), Outcome::Cached(format!("key {}", short(&key)))));
         }
         stage.status("writing newc cpio");
-        let entries =
-            initramfs::host_entries(std::fs::read(&busybox)?, std::fs::read(&agent)?, &overlay)?;
+        let entries = initramfs::host_entries(
+            std::fs::read(&busybox)?,
+            std::fs::read(&agent)?,
+            std::fs::read(&vmm)?,
+            &overlay,
+        )?;
         let mut bytes = Vec::new();
         initramfs::write_newc(&entries, &mut bytes)?;
         std::fs::write(&initrd, &bytes)?;
@@ -235,6 +243,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             Item::file("host-kernel-config", &kernel_build.dotconfig, None)?,
             Item::file("host-initramfs", &initrd, None)?,
             Item::file("cloister-agent", &agent, None)?,
+            Item::file("cloister-vmm", &vmm, None)?,
         ]
         .into_iter()
         .chain(hyp_outputs)

@@ -43,6 +43,8 @@ pub enum Expected {
     HcDonateHypPage,
     /// `hyp_page_owner`: PAGE_OWNER of the hyp's frame after all of that.
     HypPageOwner,
+    /// `vmm_exit` = 1: the VMM fails cleanly without its device.
+    VmmExit,
 }
 
 impl Expected {
@@ -60,6 +62,7 @@ impl Expected {
             Expected::HcOutOfRange => "hc_out_of_range",
             Expected::HcDonateHypPage => "hc_donate_hyp_page",
             Expected::HypPageOwner => "hyp_page_owner",
+            Expected::VmmExit => "vmm_exit",
         }
     }
 
@@ -107,6 +110,7 @@ impl Expected {
                 .to_regs(),
             ),
             Expected::HypPageOwner => x0_x1([ret::SUCCESS, abi::owner::HYP, 0, 0]),
+            Expected::VmmExit => "1".to_owned(),
         }
     }
 }
@@ -239,6 +243,12 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::HypPageOwner,
             ],
             true,
+        ),
+        agent(
+            "vmm-no-device",
+            "the host's cloister-vmm fails with an error naming a missing device",
+            &[Expected::VmmExit],
+            false,
         ),
         damaged(
             "damaged-magic",

@@ -145,9 +145,14 @@ fn walk(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<()> {
 }
 
 /// The host initramfs: busybox for the demo shell (busybox init as /init,
-/// configured by the overlay's /etc/inittab) and the test agent, which the
-/// e2e runner starts instead with `rdinit=/sbin/cloister-agent`.
-pub fn host_entries(busybox: Vec<u8>, agent: Vec<u8>, overlay: &Path) -> Result<Vec<Entry>> {
+/// configured by the overlay's /etc/inittab), the VMM, and the test agent,
+/// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`.
+pub fn host_entries(
+    busybox: Vec<u8>,
+    agent: Vec<u8>,
+    vmm: Vec<u8>,
+    overlay: &Path,
+) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = [
         "/bin",
         "/sbin",
@@ -196,6 +201,11 @@ pub fn host_entries(busybox: Vec<u8>, agent: Vec<u8>, overlay: &Path) -> Result<
         Entry::Symlink {
             path: "/bin/cloister-agent".into(),
             target: "../sbin/cloister-agent".into(),
+        },
+        Entry::File {
+            path: "/bin/cloister-vmm".into(),
+            mode: 0o755,
+            data: vmm,
         },
     ]);
     entries.extend(overlay_entries(overlay)?);
@@ -304,7 +314,8 @@ mod tests {
     #[test]
     fn host_image_has_init_agent_and_overlay() {
         let overlay = crate::project_root().join("stacks/rootfs/host");
-        let entries = host_entries(b"bb".to_vec(), b"agent".to_vec(), &overlay).unwrap();
+        let entries =
+            host_entries(b"bb".to_vec(), b"agent".to_vec(), b"vmm".to_vec(), &overlay).unwrap();
         let mut archive = Vec::new();
         write_newc(&entries, &mut archive).unwrap();
         let names: Vec<String> = read_back(&archive).into_iter().map(|e| e.0).collect();
@@ -312,6 +323,7 @@ mod tests {
             "init",
             "bin/busybox",
             "sbin/cloister-agent",
+            "bin/cloister-vmm",
             "dev/console",
             "etc/inittab",
             "etc/init.d/rcS",

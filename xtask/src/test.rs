@@ -83,6 +83,8 @@ const GATES: &[(&str, &[&str])] = &[
             "aarch64-unknown-linux-musl",
             "-p",
             "cloister-agent",
+            "-p",
+            "cloister-vmm",
             "--",
             "-D",
             "warnings",

@@ -36,6 +36,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "bad-hypercall",
         "sends malformed hypercalls through debugfs; reports x0 x1 of each",
     ),
+    (
+        "vmm-no-device",
+        "runs cloister-vmm against a missing device; reports its exit code",
+    ),
 ];
 
 fn main() {
@@ -145,6 +149,7 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
             out
         }),
         "bad-hypercall" => with_carveout(bad_hypercalls),
+        "vmm-no-device" => vmm_without_device(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(
@@ -367,6 +372,37 @@ fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
         Err(e) => out.push(check("hyp_page_owner", false, e)),
     }
     out
+}
+
+/// The VMM in the host image starts and, given a device that does not
+/// exist, fails with an error naming it (not a panic or a hang).
+fn vmm_without_device() -> Vec<Report> {
+    let device = "/dev/cloister-missing";
+    let out = std::process::Command::new("/bin/cloister-vmm")
+        .args(["--kernel", "/sbin/cloister-agent", "--device", device])
+        .output();
+    match out {
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let code = out
+                .status
+                .code()
+                .map_or_else(|| "signal".to_owned(), |c| c.to_string());
+            vec![
+                fact("vmm_exit", code),
+                check(
+                    "vmm_names_device",
+                    stderr.contains(&format!("opening {device}")),
+                    stderr.trim().to_owned(),
+                ),
+            ]
+        }
+        Err(e) => vec![check(
+            "vmm_runs",
+            false,
+            format!("running /bin/cloister-vmm: {e}"),
+        )],
+    }
 }
 
 /// Finds the virtio-serial port by name in sysfs and opens its device node.

@@ -1,0 +1,3 @@
+//! Emulated devices.
+
+pub mod pl011;
