@@ -30,6 +30,19 @@
 //!   address (or argument register number), `x3` extra detail. Registers a
 //!   call does not define are returned as zero.
 //!
+//! # VMs (ABI 0.2)
+//!
+//! The host driver runs guests through ten calls, `0xC600_0085..=0xC600_008E`
+//! (see [`hc`]): `VM_CREATE` → handle; `VCPU_CREATE`; memory with
+//! `VM_DONATE` (protected VMs: the pages become the guest's) or
+//! `VM_MAP_SHARED` / `VM_UNMAP_SHARED` (normal VMs: the pages stay the
+//! host's); `VCPU_SET_REG` / `VCPU_GET_REG`; `VCPU_RUN`, which returns an
+//! [`exit`] code; and two-phase teardown, `VM_TEARDOWN` (no vCPU runs
+//! again) then `VM_RECLAIM` (every page back to the host, donated ones
+//! zeroed, handle released). VM handles start at `0x1000`: 0 is never a
+//! handle. The VM and vCPU table is `crate::vm`; the guest side of the ABI
+//! (pKVM's, exactly) is `crate::guest_abi`.
+//!
 //! # Identification
 //!
 //! `VENDOR_HYP_CALL_UID` (`0x8600_ff01`) from the host answers
@@ -102,6 +115,41 @@ pub mod hc {
     /// `HYP_DONATE_HOST(pfn, count)`: take back pages given with
     /// `HOST_DONATE_HYP` that the hypervisor has not put to use.
     pub const HYP_DONATE_HOST: u32 = hc(0x84);
+    /// `VM_CREATE(kvm_type)` → `x1` = VM handle. `kvm_type` is
+    /// `KVM_CREATE_VM`'s: 0 for a normal VM, [`super::vm_type::PROTECTED`]
+    /// for a protected one; any other bit (an IPA-size field included) is
+    /// `BAD_VM_TYPE`.
+    pub const VM_CREATE: u32 = hc(0x85);
+    /// `VCPU_CREATE(handle, vcpu, features)` → `x1` = the vCPU's MPIDR
+    /// (affinity fields, as the guest's device tree must name it).
+    /// `features` is `kvm_vcpu_init.features[0]`: only
+    /// [`super::vcpu_feature::POWER_OFF`] and
+    /// [`super::vcpu_feature::PSCI_0_2`] are accepted.
+    pub const VCPU_CREATE: u32 = hc(0x86);
+    /// `VM_DONATE(handle, pfn, ipa, count)`: give `count` host pages to a
+    /// protected VM at `ipa..` (contents kept; the host loses access).
+    pub const VM_DONATE: u32 = hc(0x87);
+    /// `VM_MAP_SHARED(handle, pfn, ipa, count)`: lend `count` host pages
+    /// to a normal VM at `ipa..` (the host keeps access; the memory stays
+    /// the host's).
+    pub const VM_MAP_SHARED: u32 = hc(0x88);
+    /// `VM_UNMAP_SHARED(handle, ipa)`: take back one page lent with
+    /// `VM_MAP_SHARED`.
+    pub const VM_UNMAP_SHARED: u32 = hc(0x89);
+    /// `VCPU_SET_REG(handle, vcpu, reg, value)`, `reg` from [`super::vcpu_reg`].
+    /// Protected VMs: only `PC` and `X0`, and only before the vCPU first ran.
+    pub const VCPU_SET_REG: u32 = hc(0x8a);
+    /// `VCPU_GET_REG(handle, vcpu, reg)` → `x1` = value. Normal VMs only.
+    pub const VCPU_GET_REG: u32 = hc(0x8b);
+    /// `VCPU_RUN(handle, vcpu)` → `x1` = why the vCPU stopped
+    /// ([`super::exit`]), `x2`, `x3` = details.
+    pub const VCPU_RUN: u32 = hc(0x8c);
+    /// `VM_TEARDOWN(handle)`: first phase of teardown: no vCPU runs again.
+    pub const VM_TEARDOWN: u32 = hc(0x8d);
+    /// `VM_RECLAIM(handle)` → `x1` = pages returned: second phase: every
+    /// page goes back to the host (donated pages zeroed), the VM's tables
+    /// are freed and its handle is released.
+    pub const VM_RECLAIM: u32 = hc(0x8e);
     /// Debug: `PAGE_OWNER(pa)` → `x1` = owner, `x2` = VM handle,
     /// `x3` = host state | hyp state << 8.
     pub const PAGE_OWNER: u32 = hc(0xb0);
@@ -141,7 +189,7 @@ pub struct AbiVersion {
 }
 
 /// The ABI this hypervisor implements.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 1 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 2 };
 
 /// Cloister's vendor-hyp service UUID (random, version 4, generated once for
 /// this project; never change it).
@@ -205,6 +253,107 @@ pub mod err {
     pub const UNKNOWN_FUNCTION: u64 = 14;
     /// A reserved argument register is non-zero (`x2` = its number).
     pub const RESERVED_ARG: u64 = 15;
+    /// `VM_CREATE` with a type other than 0 or `vm_type::PROTECTED`
+    /// (`x2` = the type).
+    pub const BAD_VM_TYPE: u64 = 16;
+    /// Every VM slot is in use.
+    pub const VM_TABLE_FULL: u64 = 17;
+    /// No VM has this handle (`x2` = the handle).
+    pub const NO_SUCH_VM: u64 = 18;
+    /// No vCPU with this index (`x2` = the index).
+    pub const NO_SUCH_VCPU: u64 = 19;
+    /// The vCPU already exists (`x2` = the index).
+    pub const VCPU_EXISTS: u64 = 20;
+    /// Unsupported vCPU feature bits (`x2` = the features).
+    pub const BAD_VCPU_FEATURES: u64 = 21;
+    /// The VM is being torn down (`x2` = the handle).
+    pub const VM_DYING: u64 = 22;
+    /// `VM_RECLAIM` before `VM_TEARDOWN` (`x2` = the handle).
+    pub const VM_NOT_DYING: u64 = 23;
+    /// The vCPU is running (`x2` = the index).
+    pub const VCPU_BUSY: u64 = 24;
+    /// The vCPU is powered off; it runs again after a PSCI CPU_ON
+    /// (`x2` = the index).
+    pub const VCPU_OFF: u64 = 25;
+    /// Not for this kind of VM (`x2` = the VM's kind, [`super::vm_kind`]).
+    pub const WRONG_VM_KIND: u64 = 26;
+    /// The guest made the IPA an MMIO page (`x2` = the IPA).
+    pub const IPA_GUARDED: u64 = 27;
+    /// The host may not access this register now (`x2` = the register).
+    pub const REG_DENIED: u64 = 28;
+    /// No such register (`x2` = the register).
+    pub const UNKNOWN_REG: u64 = 29;
+    /// A value the register cannot hold (`x2` = the register, `x3` = the
+    /// value).
+    pub const BAD_REG_VALUE: u64 = 30;
+}
+
+/// `KVM_CREATE_VM` type values `VM_CREATE` accepts.
+pub mod vm_type {
+    /// A normal VM: the host keeps access to its memory.
+    pub const NORMAL: u64 = 0;
+    /// `KVM_VM_TYPE_ARM_PROTECTED` (bit 31): a protected VM.
+    pub const PROTECTED: u64 = 1 << 31;
+}
+
+/// VM kind codes (`WRONG_VM_KIND` `x2`).
+pub mod vm_kind {
+    /// A normal VM.
+    pub const NORMAL: u64 = 0;
+    /// A protected VM.
+    pub const PROTECTED: u64 = 1;
+}
+
+/// `VCPU_CREATE` feature bits: KVM's `KVM_ARM_VCPU_*` feature numbers as
+/// bit masks of `kvm_vcpu_init.features[0]`.
+pub mod vcpu_feature {
+    /// `KVM_ARM_VCPU_POWER_OFF` (0): the vCPU starts powered off and waits
+    /// for a PSCI CPU_ON.
+    pub const POWER_OFF: u64 = 1 << 0;
+    /// `KVM_ARM_VCPU_PSCI_0_2` (2): PSCI 0.2 or later (always provided).
+    pub const PSCI_0_2: u64 = 1 << 2;
+}
+
+/// `VCPU_SET_REG` / `VCPU_GET_REG` register numbers.
+pub mod vcpu_reg {
+    /// `X0`; `Xn` is `X0 + n` for n in 0..=30.
+    pub const X0: u64 = 0;
+    /// `X30`, the last general register.
+    pub const X30: u64 = 30;
+    /// `SP_EL0` (KVM's `regs.sp`).
+    pub const SP_EL0: u64 = 31;
+    /// The PC the vCPU resumes at.
+    pub const PC: u64 = 32;
+    /// PSTATE (the SPSR the vCPU resumes with); mode EL0t, EL1t or EL1h.
+    pub const PSTATE: u64 = 33;
+    /// `SP_EL1`.
+    pub const SP_EL1: u64 = 34;
+    /// `ELR_EL1`.
+    pub const ELR_EL1: u64 = 35;
+    /// `SPSR_EL1`.
+    pub const SPSR_EL1: u64 = 36;
+}
+
+/// Why `VCPU_RUN` returned (`x1`), with `x2`, `x3`.
+pub mod exit {
+    /// The guest shared a page with the host (pKVM MEM_SHARE): `x2` = IPA.
+    /// The host turns it into `KVM_EXIT_HYPERCALL` (nr `0xc6000003`).
+    pub const MEM_SHARE: u64 = 1;
+    /// The guest unshared a page (pKVM MEM_UNSHARE): `x2` = IPA.
+    /// `KVM_EXIT_HYPERCALL` (nr `0xc6000004`).
+    pub const MEM_UNSHARE: u64 = 2;
+    /// PSCI SYSTEM_OFF / SYSTEM_RESET / SYSTEM_RESET2:
+    /// `KVM_EXIT_SYSTEM_EVENT` with `x2` = type (`KVM_SYSTEM_EVENT_*`),
+    /// `x3` = flags (`data[0]`).
+    pub const SYSTEM_EVENT: u64 = 3;
+    /// PSCI CPU_ON succeeded: wake vCPU `x2` (MPIDR `x3`). The entry point
+    /// and context ID stay in the hyp.
+    pub const CPU_ON: u64 = 4;
+    /// PSCI CPU_OFF: the vCPU is off until another vCPU turns it on.
+    pub const CPU_OFF: u64 = 5;
+    /// The vCPU waits for an interrupt (WFI, PSCI CPU_SUSPEND): run it
+    /// again once one is pending.
+    pub const HALT: u64 = 6;
 }
 
 /// Owner codes (`PAGE_OWNER` `x1`, `NOT_OWNED` `x3`).
@@ -276,6 +425,66 @@ pub const HOST_CALLS: &[CallDesc] = &[
         results: &[],
     },
     CallDesc {
+        name: "VM_CREATE",
+        id: hc::VM_CREATE,
+        args: &["kvm_type"],
+        results: &["handle"],
+    },
+    CallDesc {
+        name: "VCPU_CREATE",
+        id: hc::VCPU_CREATE,
+        args: &["handle", "vcpu", "features"],
+        results: &["mpidr"],
+    },
+    CallDesc {
+        name: "VM_DONATE",
+        id: hc::VM_DONATE,
+        args: &["handle", "pfn", "ipa", "count"],
+        results: &[],
+    },
+    CallDesc {
+        name: "VM_MAP_SHARED",
+        id: hc::VM_MAP_SHARED,
+        args: &["handle", "pfn", "ipa", "count"],
+        results: &[],
+    },
+    CallDesc {
+        name: "VM_UNMAP_SHARED",
+        id: hc::VM_UNMAP_SHARED,
+        args: &["handle", "ipa"],
+        results: &[],
+    },
+    CallDesc {
+        name: "VCPU_SET_REG",
+        id: hc::VCPU_SET_REG,
+        args: &["handle", "vcpu", "reg", "value"],
+        results: &[],
+    },
+    CallDesc {
+        name: "VCPU_GET_REG",
+        id: hc::VCPU_GET_REG,
+        args: &["handle", "vcpu", "reg"],
+        results: &["value"],
+    },
+    CallDesc {
+        name: "VCPU_RUN",
+        id: hc::VCPU_RUN,
+        args: &["handle", "vcpu"],
+        results: &["exit", "info0", "info1"],
+    },
+    CallDesc {
+        name: "VM_TEARDOWN",
+        id: hc::VM_TEARDOWN,
+        args: &["handle"],
+        results: &[],
+    },
+    CallDesc {
+        name: "VM_RECLAIM",
+        id: hc::VM_RECLAIM,
+        args: &["handle"],
+        results: &["pages"],
+    },
+    CallDesc {
         name: "PAGE_OWNER",
         id: hc::PAGE_OWNER,
         args: &["pa"],
@@ -310,6 +519,21 @@ pub const ERROR_DETAILS: &[(&str, u64)] = &[
     ("INTERNAL", err::INTERNAL),
     ("UNKNOWN_FUNCTION", err::UNKNOWN_FUNCTION),
     ("RESERVED_ARG", err::RESERVED_ARG),
+    ("BAD_VM_TYPE", err::BAD_VM_TYPE),
+    ("VM_TABLE_FULL", err::VM_TABLE_FULL),
+    ("NO_SUCH_VM", err::NO_SUCH_VM),
+    ("NO_SUCH_VCPU", err::NO_SUCH_VCPU),
+    ("VCPU_EXISTS", err::VCPU_EXISTS),
+    ("BAD_VCPU_FEATURES", err::BAD_VCPU_FEATURES),
+    ("VM_DYING", err::VM_DYING),
+    ("VM_NOT_DYING", err::VM_NOT_DYING),
+    ("VCPU_BUSY", err::VCPU_BUSY),
+    ("VCPU_OFF", err::VCPU_OFF),
+    ("WRONG_VM_KIND", err::WRONG_VM_KIND),
+    ("IPA_GUARDED", err::IPA_GUARDED),
+    ("REG_DENIED", err::REG_DENIED),
+    ("UNKNOWN_REG", err::UNKNOWN_REG),
+    ("BAD_REG_VALUE", err::BAD_REG_VALUE),
 ];
 
 /// Owner and state codes, for the C header.
@@ -321,6 +545,38 @@ pub const OWNER_AND_STATE_CODES: &[(&str, u64)] = &[
     ("STATE_SHARED_OWNED", state::SHARED_OWNED),
     ("STATE_SHARED_BORROWED", state::SHARED_BORROWED),
     ("STATE_NOPAGE", state::NOPAGE),
+];
+
+/// VM types, kinds and vCPU features, for the C header.
+pub const VM_CODES: &[(&str, u64)] = &[
+    ("VM_TYPE_NORMAL", vm_type::NORMAL),
+    ("VM_TYPE_PROTECTED", vm_type::PROTECTED),
+    ("VM_KIND_NORMAL", vm_kind::NORMAL),
+    ("VM_KIND_PROTECTED", vm_kind::PROTECTED),
+    ("VCPU_FEATURE_POWER_OFF", vcpu_feature::POWER_OFF),
+    ("VCPU_FEATURE_PSCI_0_2", vcpu_feature::PSCI_0_2),
+];
+
+/// `VCPU_SET_REG` / `VCPU_GET_REG` register numbers, for the C header.
+pub const VCPU_REG_CODES: &[(&str, u64)] = &[
+    ("X0", vcpu_reg::X0),
+    ("X30", vcpu_reg::X30),
+    ("SP_EL0", vcpu_reg::SP_EL0),
+    ("PC", vcpu_reg::PC),
+    ("PSTATE", vcpu_reg::PSTATE),
+    ("SP_EL1", vcpu_reg::SP_EL1),
+    ("ELR_EL1", vcpu_reg::ELR_EL1),
+    ("SPSR_EL1", vcpu_reg::SPSR_EL1),
+];
+
+/// `VCPU_RUN` exit codes, for the C header.
+pub const EXIT_CODES: &[(&str, u64)] = &[
+    ("MEM_SHARE", exit::MEM_SHARE),
+    ("MEM_UNSHARE", exit::MEM_UNSHARE),
+    ("SYSTEM_EVENT", exit::SYSTEM_EVENT),
+    ("CPU_ON", exit::CPU_ON),
+    ("CPU_OFF", exit::CPU_OFF),
+    ("HALT", exit::HALT),
 ];
 
 /// Whether `id` is a well-formed Cloister host call: fast, SMC64, vendor hyp,
@@ -359,6 +615,9 @@ const fn host_calls_are_well_formed(calls: &[CallDesc]) -> bool {
 const _: () = assert!(host_calls_are_well_formed(HOST_CALLS));
 const _: () = assert!(hc::GET_VERSION == 0xc600_0080);
 const _: () = assert!(hc::PAGE_OWNER == 0xc600_00b0);
+const _: () = assert!(hc::VM_CREATE == 0xc600_0085);
+const _: () = assert!(hc::VM_RECLAIM == 0xc600_008e);
+const _: () = assert!(vm_type::PROTECTED == 0x8000_0000);
 const _: () = assert!(smccc::VERSION == 0x8000_0000);
 const _: () = assert!(smccc::ARCH_FEATURES == 0x8000_0001);
 const _: () = assert!(smccc::VENDOR_HYP_CALL_UID == 0x8600_ff01);
@@ -472,6 +731,24 @@ pub fn write_c_header(w: &mut dyn fmt::Write) -> fmt::Result {
         write_define(w, "CLOISTER_", name, *value)?;
     }
     writeln!(w)?;
+    writeln!(w, "/* VM_CREATE types, VM kinds, VCPU_CREATE features */")?;
+    for (name, value) in VM_CODES {
+        write_define(w, "CLOISTER_", name, *value)?;
+    }
+    writeln!(w)?;
+    writeln!(
+        w,
+        "/* VCPU_SET_REG / VCPU_GET_REG registers (Xn = X0 + n) */"
+    )?;
+    for (name, value) in VCPU_REG_CODES {
+        write_define(w, "CLOISTER_REG_", name, *value)?;
+    }
+    writeln!(w)?;
+    writeln!(w, "/* VCPU_RUN: x1 = exit, x2/x3 = details */")?;
+    for (name, value) in EXIT_CODES {
+        write_define(w, "CLOISTER_EXIT_", name, *value)?;
+    }
+    writeln!(w)?;
     writeln!(w, "#endif /* CLOISTER_ABI_H */")
 }
 
@@ -551,7 +828,7 @@ mod tests {
         assert_eq!(signed, [0, -1, -2, -3, -4, -5]);
         let mut details: Vec<u64> = ERROR_DETAILS.iter().map(|(_, v)| *v).collect();
         details.dedup();
-        assert_eq!(details, (1..=15).collect::<Vec<_>>());
+        assert_eq!(details, (1..=30).collect::<Vec<_>>());
     }
 
     #[test]
@@ -572,6 +849,13 @@ mod tests {
         assert!(h.contains("#define CLOISTER_UID_REG_0 0x677903f5U\n"));
         assert!(h.contains("#define CLOISTER_ABI_VERSION_MAJOR 0\n"));
         assert!(h.contains("#define CLOISTER_STATE_NOPAGE 0x3\n"));
+        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 2\n"));
+        assert!(h.contains("#define CLOISTER_HC_VCPU_RUN 0xc600008cU\n"));
+        assert!(h.contains("/* VM_DONATE(handle, pfn, ipa, count) -> - */\n"));
+        assert!(h.contains("#define CLOISTER_VM_TYPE_PROTECTED 0x80000000\n"));
+        assert!(h.contains("#define CLOISTER_REG_PC 0x20\n"));
+        assert!(h.contains("#define CLOISTER_EXIT_MEM_SHARE 0x1\n"));
+        assert!(h.contains("#define CLOISTER_ERR_BAD_REG_VALUE 0x1e\n"));
         let defines = h.lines().filter(|l| l.starts_with("#define ")).count();
         let expected = 1
             + 2
@@ -579,7 +863,10 @@ mod tests {
             + HOST_CALLS.len()
             + RETURN_CODES.len()
             + ERROR_DETAILS.len()
-            + OWNER_AND_STATE_CODES.len();
+            + OWNER_AND_STATE_CODES.len()
+            + VM_CODES.len()
+            + VCPU_REG_CODES.len()
+            + EXIT_CODES.len();
         assert_eq!(defines, expected);
         // Every #define name is unique.
         let mut names: Vec<&str> = h

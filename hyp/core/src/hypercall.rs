@@ -7,14 +7,20 @@
 //!   `x0..x7` into a [`HostCall`] or a [`DecodeError`], and nothing else;
 //!   every register is hostile, every value is accepted without panicking.
 //! - [`handle_host_call`] runs a decoded call against the page database and
-//!   returns `x0..x3`. Transitions change nothing when they fail.
+//!   the VM table and returns a [`HostOutcome`]: almost always `x0..x3`;
+//!   for `VCPU_RUN`, a request to the arch glue to run the vCPU.
+//!   Calls change nothing when they fail.
 //!
-//! The register conventions are in [`crate::abi`].
+//! The register conventions are in [`crate::abi`]. VM handles and vCPU
+//! indices are decoded as the raw `u64`s the host passed; the VM table
+//! resolves them ([`VmTable::resolve`]), so a stale handle is a
+//! `NO_SUCH_VM` error, not a decode error.
 
 use crate::abi::{self, hc, ret, smccc};
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::{Ipa, Pfn, PhysAddr};
 use crate::hal::Hal;
-use crate::mem_protect::{MemProtect, MemProtectError, Owner};
+use crate::mem_protect::{MemProtect, MemProtectError, Owner, VmHandle};
+use crate::vm::{VmError, VmKind, VmTable};
 
 /// A decoded host call, with typed arguments.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -56,10 +62,107 @@ pub enum HostCall {
         /// Number of frames.
         count: u64,
     },
+    /// `VM_CREATE(kvm_type)`.
+    VmCreate {
+        /// `KVM_CREATE_VM`'s type.
+        kvm_type: u64,
+    },
+    /// `VCPU_CREATE(handle, vcpu, features)`.
+    VcpuCreate {
+        /// VM handle.
+        handle: u64,
+        /// vCPU index.
+        vcpu: u64,
+        /// `kvm_vcpu_init.features[0]`.
+        features: u64,
+    },
+    /// `VM_DONATE(handle, pfn, ipa, count)`.
+    VmDonate {
+        /// VM handle.
+        handle: u64,
+        /// First host frame.
+        pfn: Pfn,
+        /// First guest IPA.
+        ipa: Ipa,
+        /// Number of pages.
+        count: u64,
+    },
+    /// `VM_MAP_SHARED(handle, pfn, ipa, count)`.
+    VmMapShared {
+        /// VM handle.
+        handle: u64,
+        /// First host frame.
+        pfn: Pfn,
+        /// First guest IPA.
+        ipa: Ipa,
+        /// Number of pages.
+        count: u64,
+    },
+    /// `VM_UNMAP_SHARED(handle, ipa)`.
+    VmUnmapShared {
+        /// VM handle.
+        handle: u64,
+        /// Guest IPA of the page.
+        ipa: Ipa,
+    },
+    /// `VCPU_SET_REG(handle, vcpu, reg, value)`.
+    VcpuSetReg {
+        /// VM handle.
+        handle: u64,
+        /// vCPU index.
+        vcpu: u64,
+        /// Register number ([`abi::vcpu_reg`]).
+        reg: u64,
+        /// Value.
+        value: u64,
+    },
+    /// `VCPU_GET_REG(handle, vcpu, reg)`.
+    VcpuGetReg {
+        /// VM handle.
+        handle: u64,
+        /// vCPU index.
+        vcpu: u64,
+        /// Register number ([`abi::vcpu_reg`]).
+        reg: u64,
+    },
+    /// `VCPU_RUN(handle, vcpu)`.
+    VcpuRun {
+        /// VM handle.
+        handle: u64,
+        /// vCPU index.
+        vcpu: u64,
+    },
+    /// `VM_TEARDOWN(handle)`.
+    VmTeardown {
+        /// VM handle.
+        handle: u64,
+    },
+    /// `VM_RECLAIM(handle)`.
+    VmReclaim {
+        /// VM handle.
+        handle: u64,
+    },
     /// Debug: `PAGE_OWNER(pa)`.
     PageOwner {
         /// Any address in the page asked about.
         pa: PhysAddr,
+    },
+}
+
+/// What to do with a host call's result.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HostOutcome {
+    /// Write `x0..x3` and return to the host.
+    Return([u64; 4]),
+    /// `VCPU_RUN` passed [`VmTable::check_runnable`]: the arch glue loads
+    /// the vCPU ([`VmTable::vcpu_load`]), runs it until an exit the host
+    /// must see, puts it ([`VmTable::vcpu_put`]) and returns
+    /// `[SUCCESS, exit, info0, info1]`.
+    RunVcpu {
+        /// The VM.
+        handle: VmHandle,
+        /// The vCPU index (checked).
+        vcpu: usize,
     },
 }
 
@@ -168,6 +271,75 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
                 count: regs[2],
             }
         }
+        hc::VM_CREATE => {
+            reserved_zero(regs, 1)?;
+            HostCall::VmCreate { kvm_type: regs[1] }
+        }
+        hc::VCPU_CREATE => {
+            reserved_zero(regs, 3)?;
+            HostCall::VcpuCreate {
+                handle: regs[1],
+                vcpu: regs[2],
+                features: regs[3],
+            }
+        }
+        hc::VM_DONATE => {
+            reserved_zero(regs, 4)?;
+            HostCall::VmDonate {
+                handle: regs[1],
+                pfn: Pfn::new(regs[2]),
+                ipa: Ipa::new(regs[3]),
+                count: regs[4],
+            }
+        }
+        hc::VM_MAP_SHARED => {
+            reserved_zero(regs, 4)?;
+            HostCall::VmMapShared {
+                handle: regs[1],
+                pfn: Pfn::new(regs[2]),
+                ipa: Ipa::new(regs[3]),
+                count: regs[4],
+            }
+        }
+        hc::VM_UNMAP_SHARED => {
+            reserved_zero(regs, 2)?;
+            HostCall::VmUnmapShared {
+                handle: regs[1],
+                ipa: Ipa::new(regs[2]),
+            }
+        }
+        hc::VCPU_SET_REG => {
+            reserved_zero(regs, 4)?;
+            HostCall::VcpuSetReg {
+                handle: regs[1],
+                vcpu: regs[2],
+                reg: regs[3],
+                value: regs[4],
+            }
+        }
+        hc::VCPU_GET_REG => {
+            reserved_zero(regs, 3)?;
+            HostCall::VcpuGetReg {
+                handle: regs[1],
+                vcpu: regs[2],
+                reg: regs[3],
+            }
+        }
+        hc::VCPU_RUN => {
+            reserved_zero(regs, 2)?;
+            HostCall::VcpuRun {
+                handle: regs[1],
+                vcpu: regs[2],
+            }
+        }
+        hc::VM_TEARDOWN => {
+            reserved_zero(regs, 1)?;
+            HostCall::VmTeardown { handle: regs[1] }
+        }
+        hc::VM_RECLAIM => {
+            reserved_zero(regs, 1)?;
+            HostCall::VmReclaim { handle: regs[1] }
+        }
         hc::PAGE_OWNER => {
             reserved_zero(regs, 1)?;
             HostCall::PageOwner {
@@ -197,9 +369,99 @@ fn status(r: Result<(), MemProtectError>) -> [u64; 4] {
     }
 }
 
-/// Runs a decoded host call and returns `x0..x3`. A failing call changes
-/// nothing.
+/// `x0..x3` for a VM call: SUCCESS and up to one result, or the error.
+fn vm_status(r: Result<u64, VmError>) -> [u64; 4] {
+    match r {
+        Ok(x1) => [ret::SUCCESS, x1, 0, 0],
+        Err(e) => e.to_regs(),
+    }
+}
+
+/// Runs a decoded host call. A failing call changes nothing.
 pub fn handle_host_call<H: Hal + ?Sized>(
+    call: HostCall,
+    state: &mut MemProtect<'_>,
+    vms: &mut VmTable,
+    hal: &mut H,
+) -> HostOutcome {
+    let regs = match call {
+        HostCall::VcpuRun { handle, vcpu } => {
+            let checked = vms
+                .resolve(handle)
+                .and_then(|h| vms.check_runnable(h, vcpu).map(|i| (h, i)));
+            return match checked {
+                Ok((handle, vcpu)) => HostOutcome::RunVcpu { handle, vcpu },
+                Err(e) => HostOutcome::Return(e.to_regs()),
+            };
+        }
+        HostCall::VmCreate { kvm_type } => vm_status(
+            VmKind::from_kvm_type(kvm_type)
+                .and_then(|kind| vms.create_vm(kind, hal))
+                .map(|h| u64::from(h.raw())),
+        ),
+        HostCall::VcpuCreate {
+            handle,
+            vcpu,
+            features,
+        } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.create_vcpu(h, vcpu, features)),
+        ),
+        HostCall::VmDonate {
+            handle,
+            pfn,
+            ipa,
+            count,
+        } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.donate(state, h, pfn, ipa, count, hal))
+                .map(|()| 0),
+        ),
+        HostCall::VmMapShared {
+            handle,
+            pfn,
+            ipa,
+            count,
+        } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.map_shared(state, h, pfn, ipa, count, hal))
+                .map(|()| 0),
+        ),
+        HostCall::VmUnmapShared { handle, ipa } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.unmap_shared(state, h, ipa, hal))
+                .map(|()| 0),
+        ),
+        HostCall::VcpuSetReg {
+            handle,
+            vcpu,
+            reg,
+            value,
+        } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.set_vcpu_reg(h, vcpu, reg, value))
+                .map(|()| 0),
+        ),
+        HostCall::VcpuGetReg { handle, vcpu, reg } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.get_vcpu_reg(h, vcpu, reg)),
+        ),
+        HostCall::VmTeardown { handle } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.start_teardown(h))
+                .map(|()| 0),
+        ),
+        HostCall::VmReclaim { handle } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.finalize_teardown(state, h, hal)),
+        ),
+        _ => handle_mem_call(call, state, hal),
+    };
+    HostOutcome::Return(regs)
+}
+
+/// The calls that concern only the page database (ABI 0.1).
+fn handle_mem_call<H: Hal + ?Sized>(
     call: HostCall,
     state: &mut MemProtect<'_>,
     hal: &mut H,
@@ -242,19 +504,31 @@ pub fn handle_host_call<H: Hal + ?Sized>(
             }
             .to_regs(),
         },
+        // The VM calls are handle_host_call's.
+        HostCall::VmCreate { .. }
+        | HostCall::VcpuCreate { .. }
+        | HostCall::VmDonate { .. }
+        | HostCall::VmMapShared { .. }
+        | HostCall::VmUnmapShared { .. }
+        | HostCall::VcpuSetReg { .. }
+        | HostCall::VcpuGetReg { .. }
+        | HostCall::VcpuRun { .. }
+        | HostCall::VmTeardown { .. }
+        | HostCall::VmReclaim { .. } => [ret::NOT_SUPPORTED, abi::err::INTERNAL, 0, 0],
     }
 }
 
 /// Decodes and runs one host HVC: the whole path from the trap handler's
-/// saved `x0..x7` to the `x0..x3` it writes back.
+/// saved `x0..x7` to what it does next (usually: write back `x0..x3`).
 pub fn handle_host_hvc<H: Hal + ?Sized>(
     regs: &[u64; 8],
     state: &mut MemProtect<'_>,
+    vms: &mut VmTable,
     hal: &mut H,
-) -> [u64; 4] {
+) -> HostOutcome {
     match decode_host_call(regs) {
-        Ok(call) => handle_host_call(call, state, hal),
-        Err(e) => e.to_regs(),
+        Ok(call) => handle_host_call(call, state, vms, hal),
+        Err(e) => HostOutcome::Return(e.to_regs()),
     }
 }
 
@@ -301,10 +575,64 @@ mod tests {
                     pa: PhysAddr::new(7),
                 },
             ),
+            (hc::VM_CREATE, HostCall::VmCreate { kvm_type: 7 }),
+            (
+                hc::VCPU_CREATE,
+                HostCall::VcpuCreate {
+                    handle: 7,
+                    vcpu: 9,
+                    features: 11,
+                },
+            ),
+            (
+                hc::VM_DONATE,
+                HostCall::VmDonate {
+                    handle: 7,
+                    pfn: Pfn::new(9),
+                    ipa: Ipa::new(11),
+                    count: 13,
+                },
+            ),
+            (
+                hc::VM_MAP_SHARED,
+                HostCall::VmMapShared {
+                    handle: 7,
+                    pfn: Pfn::new(9),
+                    ipa: Ipa::new(11),
+                    count: 13,
+                },
+            ),
+            (
+                hc::VM_UNMAP_SHARED,
+                HostCall::VmUnmapShared {
+                    handle: 7,
+                    ipa: Ipa::new(9),
+                },
+            ),
+            (
+                hc::VCPU_SET_REG,
+                HostCall::VcpuSetReg {
+                    handle: 7,
+                    vcpu: 9,
+                    reg: 11,
+                    value: 13,
+                },
+            ),
+            (
+                hc::VCPU_GET_REG,
+                HostCall::VcpuGetReg {
+                    handle: 7,
+                    vcpu: 9,
+                    reg: 11,
+                },
+            ),
+            (hc::VCPU_RUN, HostCall::VcpuRun { handle: 7, vcpu: 9 }),
+            (hc::VM_TEARDOWN, HostCall::VmTeardown { handle: 7 }),
+            (hc::VM_RECLAIM, HostCall::VmReclaim { handle: 7 }),
         ];
         assert_eq!(expected.len(), abi::HOST_CALLS.len());
         for call in abi::HOST_CALLS {
-            let args = [7, 9];
+            let args = [7, 9, 11, 13];
             let r = regs(call.id, &args[..call.args.len()]);
             let want = expected
                 .iter()
@@ -373,8 +701,15 @@ mod tests {
         let mut metas = tu::metas();
         let mut hal = tu::hal(&mut mem);
         let mut mp = tu::mem_protect(&mut metas, &mut hal);
-        let mut call = |x0: u32, args: &[u64], mp: &mut MemProtect<'_>| {
-            handle_host_hvc(&regs(x0, args), mp, &mut hal)
+        let mut vms = VmTable::new();
+        let mut call = |x0: u32, args: &[u64], mp: &mut MemProtect<'_>| match handle_host_hvc(
+            &regs(x0, args),
+            mp,
+            &mut vms,
+            &mut hal,
+        ) {
+            HostOutcome::Return(r) => r,
+            other => panic!("{other:?}"),
         };
         let p = pfn(HOST_FIRST + 1).raw();
         let pa_of = |p: u64| p << crate::addr::PAGE_SHIFT;
@@ -398,10 +733,10 @@ mod tests {
             call(smccc::VENDOR_HYP_CALL_UID, &[], &mut mp),
             [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656]
         );
-        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 1, 0, 0]);
+        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 2, 0, 0]);
         assert_eq!(
             call(hc::GET_VERSION, &[], &mut mp),
-            [ret::SUCCESS, 0, 1, abi::pack_version((0, 1, 0))]
+            [ret::SUCCESS, 0, 2, abi::pack_version((0, 1, 0))]
         );
         assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 
@@ -466,6 +801,259 @@ mod tests {
             call(hc::PAGE_OWNER, &[0x1000], &mut mp),
             [ret::INVALID_PARAMETER, abi::err::OUT_OF_RANGE, 1, 1]
         );
+        assert_eq!(mp.check_invariants(&hal), Ok(()));
+        mp.destroy(&mut hal);
+        assert_eq!(hal.live_pages(), 0);
+    }
+
+    #[test]
+    fn vm_calls_end_to_end() {
+        use crate::mem_protect::PageState;
+        use crate::test_utils::{self as tu, pfn, HOST_FIRST};
+        use crate::vm::{PowerState, HANDLE_OFFSET, MAX_VMS};
+        let mut mem = tu::memory();
+        let mut metas = tu::metas();
+        let mut hal = tu::hal(&mut mem);
+        let mut mp = tu::mem_protect(&mut metas, &mut hal);
+        let mut vms = VmTable::new();
+        let mut call = |x0: u32, args: &[u64], mp: &mut MemProtect<'_>, vms: &mut VmTable| {
+            handle_host_hvc(&regs(x0, args), mp, vms, &mut hal)
+        };
+        let ret_of = |o: HostOutcome| match o {
+            HostOutcome::Return(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let ok = |x1: u64| HostOutcome::Return([ret::SUCCESS, x1, 0, 0]);
+        let p = pfn(HOST_FIRST + 2).raw();
+        let ipa = 0x8000_0000u64;
+
+        // Type checks.
+        assert_eq!(
+            ret_of(call(hc::VM_CREATE, &[1 << 30], &mut mp, &mut vms)),
+            [ret::INVALID_PARAMETER, abi::err::BAD_VM_TYPE, 1 << 30, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VM_CREATE, &[40], &mut mp, &mut vms)),
+            [ret::INVALID_PARAMETER, abi::err::BAD_VM_TYPE, 40, 0]
+        );
+
+        // A protected VM with a boot vCPU and a secondary that starts off.
+        let pvm = u64::from(HANDLE_OFFSET);
+        let prot = abi::vm_type::PROTECTED;
+        assert_eq!(call(hc::VM_CREATE, &[prot], &mut mp, &mut vms), ok(pvm));
+        assert_eq!(
+            call(hc::VCPU_CREATE, &[pvm, 0, 0], &mut mp, &mut vms),
+            ok(0)
+        );
+        let off = abi::vcpu_feature::POWER_OFF | abi::vcpu_feature::PSCI_0_2;
+        assert_eq!(
+            call(hc::VCPU_CREATE, &[pvm, 1, off], &mut mp, &mut vms),
+            ok(1)
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_CREATE, &[pvm, 1, 0], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VCPU_EXISTS, 1, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_CREATE, &[pvm, 8, 0], &mut mp, &mut vms)),
+            [ret::INVALID_PARAMETER, abi::err::NO_SUCH_VCPU, 8, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_CREATE, &[pvm, 2, 1 << 4], &mut mp, &mut vms)),
+            [
+                ret::INVALID_PARAMETER,
+                abi::err::BAD_VCPU_FEATURES,
+                1 << 4,
+                0
+            ]
+        );
+        assert_eq!(
+            call(hc::VM_DONATE, &[pvm, p, ipa, 3], &mut mp, &mut vms),
+            ok(0)
+        );
+        assert_eq!(
+            ret_of(call(
+                hc::VM_MAP_SHARED,
+                &[pvm, p + 3, ipa + 0x10_0000, 1],
+                &mut mp,
+                &mut vms
+            )),
+            [
+                ret::DENIED,
+                abi::err::WRONG_VM_KIND,
+                abi::vm_kind::PROTECTED,
+                0
+            ]
+        );
+        // The host may set PC and X0 before the first run, nothing else.
+        let pc = abi::vcpu_reg::PC;
+        assert_eq!(
+            call(hc::VCPU_SET_REG, &[pvm, 0, pc, ipa], &mut mp, &mut vms),
+            ok(0)
+        );
+        assert_eq!(
+            call(
+                hc::VCPU_SET_REG,
+                &[pvm, 0, 0, 0x4800_0000],
+                &mut mp,
+                &mut vms
+            ),
+            ok(0)
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_SET_REG, &[pvm, 0, 1, 5], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::REG_DENIED, 1, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_GET_REG, &[pvm, 0, pc], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::REG_DENIED, pc, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_SET_REG, &[pvm, 0, 99, 5], &mut mp, &mut vms)),
+            [ret::INVALID_PARAMETER, abi::err::UNKNOWN_REG, 99, 0]
+        );
+        let h = VmHandle::new(HANDLE_OFFSET);
+        assert_eq!(
+            call(hc::VCPU_RUN, &[pvm, 0], &mut mp, &mut vms),
+            HostOutcome::RunVcpu { handle: h, vcpu: 0 }
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_RUN, &[pvm, 1], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VCPU_OFF, 1, 0]
+        );
+        // The glue loads vCPU 0 and runs it; after that the host is locked out.
+        assert_eq!(vms.vcpu_load(h, 0).map(|_| ()), Ok(()));
+        assert_eq!(
+            ret_of(call(hc::VM_TEARDOWN, &[pvm], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VCPU_BUSY, 0, 0]
+        );
+        assert_eq!(vms.vcpu_put(h, 0), Ok(()));
+        assert_eq!(
+            ret_of(call(hc::VCPU_SET_REG, &[pvm, 0, pc, 0], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::REG_DENIED, pc, 0]
+        );
+        assert_eq!(
+            vms.get(h).and_then(|vm| vm.vcpu(1)).map(|v| v.power()),
+            Some(PowerState::Off)
+        );
+        let owned = PageState::NoPage.abi_code() | PageState::NoPage.abi_code() << 8;
+        assert_eq!(
+            ret_of(call(hc::PAGE_OWNER, &[p << 12], &mut mp, &mut vms)),
+            [ret::SUCCESS, abi::owner::GUEST, pvm, owned]
+        );
+
+        // A normal VM: memory lent, registers readable.
+        let nvm = pvm + 1;
+        assert_eq!(call(hc::VM_CREATE, &[0], &mut mp, &mut vms), ok(nvm));
+        assert_eq!(
+            call(hc::VCPU_CREATE, &[nvm, 0, 0], &mut mp, &mut vms),
+            ok(0)
+        );
+        assert_eq!(
+            call(hc::VM_MAP_SHARED, &[nvm, p + 3, ipa, 2], &mut mp, &mut vms),
+            ok(0)
+        );
+        assert_eq!(
+            ret_of(call(
+                hc::VM_DONATE,
+                &[nvm, p + 5, ipa + 0x4000, 1],
+                &mut mp,
+                &mut vms
+            )),
+            [
+                ret::DENIED,
+                abi::err::WRONG_VM_KIND,
+                abi::vm_kind::NORMAL,
+                0
+            ]
+        );
+        assert_eq!(
+            call(hc::VCPU_SET_REG, &[nvm, 0, 7, 0xabc], &mut mp, &mut vms),
+            ok(0)
+        );
+        assert_eq!(
+            call(hc::VCPU_GET_REG, &[nvm, 0, 7], &mut mp, &mut vms),
+            ok(0xabc)
+        );
+        let pstate = abi::vcpu_reg::PSTATE;
+        assert_eq!(
+            call(hc::VCPU_GET_REG, &[nvm, 0, pstate], &mut mp, &mut vms),
+            ok(0x3c5)
+        );
+        assert_eq!(
+            ret_of(call(
+                hc::VCPU_SET_REG,
+                &[nvm, 0, pstate, 0x10],
+                &mut mp,
+                &mut vms
+            )),
+            [
+                ret::INVALID_PARAMETER,
+                abi::err::BAD_REG_VALUE,
+                pstate,
+                0x10
+            ]
+        );
+        assert_eq!(
+            call(hc::VM_UNMAP_SHARED, &[nvm, ipa + 0x1000], &mut mp, &mut vms),
+            ok(0)
+        );
+
+        // Teardown: first phase stops runs, second gives the pages back.
+        assert_eq!(
+            ret_of(call(hc::VM_RECLAIM, &[pvm], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VM_NOT_DYING, pvm, 0]
+        );
+        assert_eq!(call(hc::VM_TEARDOWN, &[pvm], &mut mp, &mut vms), ok(0));
+        assert_eq!(
+            ret_of(call(hc::VM_TEARDOWN, &[pvm], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VM_DYING, pvm, 0]
+        );
+        assert_eq!(
+            ret_of(call(hc::VCPU_RUN, &[pvm, 0], &mut mp, &mut vms)),
+            [ret::DENIED, abi::err::VM_DYING, pvm, 0]
+        );
+        assert_eq!(
+            ret_of(call(
+                hc::VM_DONATE,
+                &[pvm, p + 6, ipa + 0x8000, 1],
+                &mut mp,
+                &mut vms
+            )),
+            [ret::DENIED, abi::err::VM_DYING, pvm, 0]
+        );
+        assert_eq!(call(hc::VM_RECLAIM, &[pvm], &mut mp, &mut vms), ok(3));
+        assert_eq!(
+            ret_of(call(hc::VM_RECLAIM, &[pvm], &mut mp, &mut vms)),
+            [ret::INVALID_PARAMETER, abi::err::NO_SUCH_VM, pvm, 0]
+        );
+        assert_eq!(call(hc::VM_TEARDOWN, &[nvm], &mut mp, &mut vms), ok(0));
+        assert_eq!(call(hc::VM_RECLAIM, &[nvm], &mut mp, &mut vms), ok(1));
+        for i in 0..5 {
+            let row = mp.db().get(pfn(HOST_FIRST + 2 + i));
+            assert_eq!(row.map(|m| m.owner()), Some(Owner::Host), "frame {i}");
+        }
+
+        // The table holds MAX_VMS; a freed slot is reused.
+        for i in 0..MAX_VMS {
+            let h = u64::from(HANDLE_OFFSET) + u64::try_from(i).unwrap_or(0);
+            assert_eq!(call(hc::VM_CREATE, &[0], &mut mp, &mut vms), ok(h));
+        }
+        assert_eq!(
+            ret_of(call(hc::VM_CREATE, &[0], &mut mp, &mut vms)),
+            [ret::NO_MEMORY, abi::err::VM_TABLE_FULL, 0, 0]
+        );
+        for bad in [0, 1, pvm - 1, pvm + 8, u64::MAX] {
+            assert_eq!(
+                ret_of(call(hc::VM_TEARDOWN, &[bad], &mut mp, &mut vms)),
+                [ret::INVALID_PARAMETER, abi::err::NO_SUCH_VM, bad, 0]
+            );
+        }
+        for i in 0..MAX_VMS {
+            let h = u64::from(HANDLE_OFFSET) + u64::try_from(i).unwrap_or(0);
+            assert_eq!(call(hc::VM_TEARDOWN, &[h], &mut mp, &mut vms), ok(0));
+            assert_eq!(call(hc::VM_RECLAIM, &[h], &mut mp, &mut vms), ok(0));
+        }
         assert_eq!(mp.check_invariants(&hal), Ok(()));
         mp.destroy(&mut hal);
         assert_eq!(hal.live_pages(), 0);

@@ -15,7 +15,9 @@
 //! | [`stage2`]      | arm64 stage-2 tables (4 KiB, 39-bit IPA, 3 levels), prepare/commit mapping, VTCR/VTTBR values |
 //! | [`mem_protect`] | the page database and every ownership transition (the only code that changes who may touch a page) |
 //! | [`abi`]         | host ↔ hyp ABI: function IDs, UID, version, return codes; the source of the C header |
-//! | [`hypercall`]   | decode `x0..x7` into a `HostCall`, dispatch it to `mem_protect` |
+//! | [`hypercall`]   | decode `x0..x7` into a `HostCall`, dispatch it to `mem_protect` and `vm` |
+//! | [`vm`]          | the VM and vCPU table: handles, kinds, vCPU register layout, power states, teardown |
+//! | [`guest_abi`]   | the guest hypercall ABI (pKVM's, for an unmodified Linux 6.12 guest), the MMIO rule |
 //!
 //! # Invariants
 //!
@@ -38,8 +40,11 @@
 //! 1. **host** — [`mem_protect::MemProtect`]: the page database and the host
 //!    stage-2 (the hyp's column of the database is covered by it for now);
 //! 2. **hyp** — the hyp's own stage-1, once it has one;
-//! 3. **guest** — each [`mem_protect::GuestMem`], in ascending VM handle
-//!    order if two are ever needed.
+//! 3. **guest** — each [`mem_protect::GuestMem`] (inside its [`vm::Vm`]), in
+//!    ascending VM handle order if two are ever needed.
+//!
+//! The VM table ([`vm::VmTable`], pKVM's `vm_table_lock`) is only needed to
+//! find a VM; see [`vm`] for how the glue holds it.
 //!
 //! Transition functions take their components in this order as arguments,
 //! so a call site reads in lock order.
@@ -52,11 +57,13 @@ extern crate alloc;
 pub mod abi;
 pub mod addr;
 pub mod fdt;
+pub mod guest_abi;
 pub mod hal;
 pub mod hypercall;
 pub mod mem_protect;
 pub mod payload;
 pub mod stage2;
+pub mod vm;
 
 #[cfg(test)]
 mod proptests;

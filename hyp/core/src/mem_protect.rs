@@ -19,6 +19,12 @@
 //! kept in the software bits of its stage-2 leaves (as pKVM does), and the
 //! host's is mirrored in its stage-2 leaves too.
 //!
+//! A host page lent to a guest ([`MemProtect::host_share_guest`], the memory
+//! of a normal VM) is the one row whose borrower the database does not name:
+//! its hyp column says `NoPage`, and exactly one guest maps it
+//! `SharedBorrowed` (the host cannot lend a page that is not `Owned`, so
+//! there is never a second borrower).
+//!
 //! The host stage-2 is an identity map kept in step with the database:
 //! host `Owned`/`SharedOwned` pages are mapped normal RWX, host
 //! `SharedBorrowed` pages (a guest's shared pages) normal RW, everything else
@@ -30,6 +36,7 @@
 //! |----------|------------------|------------------|---------------------------|
 //! | Host     | `Owned`          | `NoPage`         | —                         |
 //! | Host     | `SharedOwned`    | `SharedBorrowed` | —                         |
+//! | Host     | `SharedOwned`    | `NoPage`         | `SharedBorrowed` (one guest) |
 //! | Hyp      | `NoPage`         | `Owned`          | —                         |
 //! | Guest(h) | `NoPage`         | `NoPage`         | `Owned`                   |
 //! | Guest(h) | `SharedBorrowed` | `NoPage`         | `SharedOwned`             |
@@ -175,7 +182,7 @@ impl PageMeta {
                 !self.host_donation
                     && matches!(
                         (self.host_state, self.hyp_state),
-                        (Owned, NoPage) | (SharedOwned, SharedBorrowed)
+                        (Owned, NoPage) | (SharedOwned, SharedBorrowed) | (SharedOwned, NoPage)
                     )
             }
             Owner::Hyp => matches!((self.host_state, self.hyp_state), (NoPage, Owned)),
@@ -830,16 +837,7 @@ impl<'m> MemProtect<'m> {
             PageState::Owned,
             PageState::NoPage,
         )?;
-        if !ipa.is_page_aligned() {
-            return Err(MemProtectError::Unaligned { addr: ipa.raw() });
-        }
-        let end = match ipa.checked_add_pages(count) {
-            Some(end) if end.raw() <= IPA_LIMIT => end,
-            _ => return Err(MemProtectError::IpaOutOfRange { ipa, pages: count }),
-        };
-        if let Some((mapped, _)) = guest.s2.next_leaf(ipa, hal).filter(|(a, _)| *a < end) {
-            return Err(MemProtectError::IpaMapped { ipa: mapped });
-        }
+        check_guest_range_free(guest, ipa, count, hal)?;
         let pa = pa_of(pfn);
         let res = guest
             .s2
@@ -854,6 +852,114 @@ impl<'m> MemProtect<'m> {
             host_donation: false,
         };
         self.db.set(rows, row);
+        Ok(())
+    }
+
+    /// Host lends `count` of its pages to a guest, mapped at `ipa..` in the
+    /// guest; the host keeps them (the memory of a normal VM, pKVM's
+    /// `__pkvm_host_share_guest`). The host keeps its RWX mapping.
+    ///
+    /// | side  | before             | after                           |
+    /// |-------|--------------------|---------------------------------|
+    /// | owner | host               | host                            |
+    /// | host  | `Owned`            | `SharedOwned` (RWX, identity)   |
+    /// | hyp   | `NoPage`           | `NoPage`                        |
+    /// | guest | `NoPage` (no leaf) | `SharedBorrowed` (RWX at `ipa`) |
+    ///
+    /// # Errors
+    /// `ZeroCount`, `OutOfRange`, `NotOwned`, `BadState`, `Unaligned`,
+    /// `IpaOutOfRange`, `IpaMapped`, `NoMemory`.
+    pub fn host_share_guest<H: Hal + ?Sized>(
+        &mut self,
+        pfn: Pfn,
+        count: u64,
+        guest: &mut GuestMem,
+        ipa: Ipa,
+        hal: &mut H,
+    ) -> Result<()> {
+        let rows = self.db.indices(pfn, count)?;
+        self.check_rows(
+            rows.clone(),
+            Owner::Host,
+            PageState::Owned,
+            PageState::NoPage,
+        )?;
+        check_guest_range_free(guest, ipa, count, hal)?;
+        let pa = pa_of(pfn);
+        let guest_res = guest.s2.prepare_map(
+            ipa,
+            pa,
+            count,
+            GUEST_RAM_ATTRS,
+            PageState::SharedBorrowed,
+            hal,
+        )?;
+        let host_res = match self.host.prepare_map(
+            pa.to_identity_ipa(),
+            pa,
+            count,
+            Attrs::RAM_RWX,
+            PageState::SharedOwned,
+            hal,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                guest_res.release(hal);
+                return Err(e.into());
+            }
+        };
+        self.host.commit_map(host_res, hal);
+        guest.s2.commit_map(guest_res, hal);
+        self.db.set(
+            rows,
+            PageMeta {
+                host_state: PageState::SharedOwned,
+                ..PageMeta::HOST_OWNED
+            },
+        );
+        Ok(())
+    }
+
+    /// Host takes back one page it lent to a guest with
+    /// [`host_share_guest`](Self::host_share_guest). The guest mapping and
+    /// its TLB entries go first; the contents stay (the page was the host's
+    /// all along).
+    ///
+    /// | side  | before                  | after               |
+    /// |-------|-------------------------|---------------------|
+    /// | owner | host                    | host                |
+    /// | host  | `SharedOwned`           | `Owned` (RWX)       |
+    /// | guest | `SharedBorrowed` at ipa | `NoPage` (unmapped) |
+    ///
+    /// # Errors
+    /// `Unaligned`, `IpaOutOfRange`, `IpaNotMapped`, `OutOfRange`,
+    /// `NotOwned`, `BadState`, `NoMemory`.
+    pub fn host_unshare_guest<H: Hal + ?Sized>(
+        &mut self,
+        guest: &mut GuestMem,
+        ipa: Ipa,
+        hal: &mut H,
+    ) -> Result<()> {
+        let (pfn, rows, leaf) = self.guest_page(guest, ipa, hal)?;
+        self.check_guest_side(pfn, guest, leaf.state, PageState::SharedBorrowed)?;
+        self.check_rows(
+            rows.clone(),
+            Owner::Host,
+            PageState::SharedOwned,
+            PageState::NoPage,
+        )?;
+        let pa = pa_of(pfn);
+        let host_res = self.host.prepare_map(
+            pa.to_identity_ipa(),
+            pa,
+            1,
+            Attrs::RAM_RWX,
+            PageState::Owned,
+            hal,
+        )?;
+        committed(guest.s2.unmap(ipa, 1, hal));
+        self.host.commit_map(host_res, hal);
+        self.db.set(rows, PageMeta::HOST_OWNED);
         Ok(())
     }
 
@@ -950,13 +1056,16 @@ impl<'m> MemProtect<'m> {
 
     /// Takes the page at `ipa` from a guest being torn down, zeroes it and
     /// gives it to the host. The caller (VM teardown) makes sure none of the
-    /// guest's vCPUs runs.
+    /// guest's vCPUs runs. A page the host only lent to the guest
+    /// ([`host_share_guest`](Self::host_share_guest)) goes back as
+    /// [`host_unshare_guest`](Self::host_unshare_guest) does, not zeroed:
+    /// it was the host's all along.
     ///
-    /// | side  | before                              | after         |
-    /// |-------|-------------------------------------|---------------|
-    /// | owner | guest                               | host          |
-    /// | guest | `Owned` / `SharedOwned`             | `NoPage` (unmapped) |
-    /// | host  | `NoPage` / `SharedBorrowed`         | `Owned` (RWX), zeroed |
+    /// | side  | before                                      | after                 |
+    /// |-------|---------------------------------------------|-----------------------|
+    /// | owner | guest / guest / host                        | host                  |
+    /// | guest | `Owned` / `SharedOwned` / `SharedBorrowed`  | `NoPage` (unmapped)   |
+    /// | host  | `NoPage` / `SharedBorrowed` / `SharedOwned` | `Owned` (RWX); zeroed unless lent |
     ///
     /// # Errors
     /// `Unaligned`, `IpaNotMapped`, `OutOfRange`, `NotOwned`, `BadState`,
@@ -968,6 +1077,9 @@ impl<'m> MemProtect<'m> {
         hal: &mut H,
     ) -> Result<()> {
         let (pfn, rows, leaf) = self.guest_page(guest, ipa, hal)?;
+        if leaf.state == PageState::SharedBorrowed {
+            return self.host_unshare_guest(guest, ipa, hal);
+        }
         let expected_host = match leaf.state {
             PageState::Owned => PageState::NoPage,
             PageState::SharedOwned => PageState::SharedBorrowed,
@@ -1140,6 +1252,27 @@ impl<'m> MemProtect<'m> {
         let pfn = leaf.pa.pfn();
         let rows = self.db.indices(pfn, 1)?;
         Ok((pfn, rows, leaf))
+    }
+}
+
+/// Checks that `[ipa, ipa + count)` is page-aligned, inside the IPA space
+/// and unmapped in the guest.
+fn check_guest_range_free<H: PageAllocator + ?Sized>(
+    guest: &GuestMem,
+    ipa: Ipa,
+    count: u64,
+    hal: &H,
+) -> Result<()> {
+    if !ipa.is_page_aligned() {
+        return Err(MemProtectError::Unaligned { addr: ipa.raw() });
+    }
+    let end = match ipa.checked_add_pages(count) {
+        Some(end) if end.raw() <= IPA_LIMIT => end,
+        _ => return Err(MemProtectError::IpaOutOfRange { ipa, pages: count }),
+    };
+    match guest.s2.next_leaf(ipa, hal).filter(|(a, _)| *a < end) {
+        Some((mapped, _)) => Err(MemProtectError::IpaMapped { ipa: mapped }),
+        None => Ok(()),
     }
 }
 

@@ -5,7 +5,8 @@
 //! (b) the host stage-2 agrees with the database for every frame;
 //! (c) after teardown the FakeHal has no table page left allocated;
 //! (d) a failing operation leaves the database, every table and the
-//!     allocator byte-for-byte unchanged.
+//!     allocator byte-for-byte unchanged (and, for host and guest calls,
+//!     the VM table: power states, registers, guard sets).
 //!
 //! Case counts are moderate so the whole suite stays fast on two cores.
 
@@ -14,14 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use crate::abi::{self, hc, ret, smccc};
-use crate::addr::{Ipa, Pfn, PhysAddr, PAGE_SIZE};
+use crate::addr::{Ipa, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::guest_abi::{self, psci, GuardError, MmioGuardSet};
 use crate::hal::{FakeHal, PageWords, WORDS_PER_PAGE};
-use crate::hypercall::handle_host_hvc;
+use crate::hypercall::{handle_host_hvc, HostOutcome};
 use crate::mem_protect::{
     GuestMem, MemProtect, MemProtectError, Owner, PageMeta, PageState, VmHandle,
 };
 use crate::stage2::{Attrs, Leaf, MemType, Perms, Stage2, Stage2Error, Vmid, IPA_LIMIT};
 use crate::test_utils::{self as tu, snapshot};
+use crate::vm::{self, VmKind, VmTable};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -234,6 +237,17 @@ enum Op {
         slot: usize,
         off: u64,
     },
+    ShareGuest {
+        g: usize,
+        frame: Frame,
+        count: u64,
+        slot: usize,
+        off: u64,
+    },
+    UnshareGuest {
+        g: usize,
+        at: Target,
+    },
     GuestShare {
         g: usize,
         at: Target,
@@ -281,6 +295,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (frame(), count()).prop_map(|(f, n)| Op::ClaimDonation(f, n)),
         4 => (g.clone(), frame(), count(), slot(), 0u64..3)
             .prop_map(|(g, frame, count, slot, off)| Op::DonateGuest { g, frame, count, slot, off }),
+        2 => (g.clone(), frame(), count(), slot(), 0u64..3)
+            .prop_map(|(g, frame, count, slot, off)| Op::ShareGuest { g, frame, count, slot, off }),
+        2 => (g.clone(), target()).prop_map(|(g, at)| Op::UnshareGuest { g, at }),
         3 => (g.clone(), target()).prop_map(|(g, at)| Op::GuestShare { g, at }),
         3 => (g.clone(), target()).prop_map(|(g, at)| Op::GuestUnshare { g, at }),
         2 => (g, target()).prop_map(|(g, at)| Op::Reclaim { g, at }),
@@ -354,6 +371,21 @@ fn apply(
             let ipa = Ipa::new(GUEST_SLOTS[slot] + off * PAGE_SIZE);
             mp.host_donate_guest(pfn, count, &mut guests[g], ipa, hal)
         }
+        Op::ShareGuest {
+            g,
+            frame,
+            count,
+            slot,
+            off,
+        } => {
+            let pfn = pick_frame(frame, mp, host_owned);
+            let ipa = Ipa::new(GUEST_SLOTS[slot] + off * PAGE_SIZE);
+            mp.host_share_guest(pfn, count, &mut guests[g], ipa, hal)
+        }
+        Op::UnshareGuest { g, at } => {
+            let ipa = pick_ipa(at, &guests[g], Some(PageState::SharedBorrowed), hal);
+            mp.host_unshare_guest(&mut guests[g], ipa, hal)
+        }
         Op::GuestShare { g, at } => {
             let ipa = pick_ipa(at, &guests[g], Some(PageState::Owned), hal);
             mp.guest_share_host(&mut guests[g], ipa, hal)
@@ -422,7 +454,7 @@ proptest! {
 
 // ------------------------------------------------------- hostile hypercalls
 
-const KNOWN_IDS: [u32; 11] = [
+const KNOWN_IDS: [u32; 21] = [
     smccc::VERSION,
     smccc::ARCH_FEATURES,
     smccc::VENDOR_HYP_CALL_UID,
@@ -433,6 +465,16 @@ const KNOWN_IDS: [u32; 11] = [
     hc::HOST_DONATE_HYP,
     hc::HYP_DONATE_HOST,
     hc::PAGE_OWNER,
+    hc::VM_CREATE,
+    hc::VCPU_CREATE,
+    hc::VM_DONATE,
+    hc::VM_MAP_SHARED,
+    hc::VM_UNMAP_SHARED,
+    hc::VCPU_SET_REG,
+    hc::VCPU_GET_REG,
+    hc::VCPU_RUN,
+    hc::VM_TEARDOWN,
+    hc::VM_RECLAIM,
     0xc600_00bf,
 ];
 
@@ -493,28 +535,408 @@ fn regs() -> impl Strategy<Value = [u64; 8]> {
         })
 }
 
+/// A VM call with arguments that are often valid: live handles, host
+/// frames, guest IPAs in a few pages, small counts and indices.
+fn vm_call() -> impl Strategy<Value = [u64; 8]> {
+    let handle = prop_oneof![
+        8 => (0u64..3).prop_map(|i| u64::from(vm::HANDLE_OFFSET) + i),
+        1 => any::<u64>(),
+    ];
+    let base = tu::base_pfn().raw();
+    let pfn = prop_oneof![
+        6 => (tu::HOST_FIRST..tu::RAM_PAGES as u64 + 2).prop_map(move |i| base + i),
+        1 => any::<u64>(),
+    ];
+    let ipa = prop_oneof![
+        8 => (0u64..8).prop_map(|k| 0x8000_0000 + k * PAGE_SIZE),
+        1 => Just(0x8000_0800u64),
+        1 => Just(IPA_LIMIT - PAGE_SIZE),
+        1 => any::<u64>(),
+    ];
+    let count = prop_oneof![8 => 1u64..4, 1 => Just(0u64), 1 => any::<u64>()];
+    let kvm_type = prop_oneof![
+        4 => Just(0u64),
+        4 => Just(abi::vm_type::PROTECTED),
+        1 => any::<u64>(),
+    ];
+    let vcpu = prop_oneof![8 => 0u64..3, 1 => any::<u64>()];
+    let features =
+        prop_oneof![4 => Just(0u64), 4 => Just(abi::vcpu_feature::POWER_OFF), 1 => any::<u64>()];
+    let reg = prop_oneof![8 => 0u64..38, 1 => any::<u64>()];
+    let value = prop_oneof![4 => 0u64..0x400, 1 => any::<u64>()];
+    let r = |x0: u32, args: &[u64]| {
+        let mut regs = [0u64; 8];
+        regs[0] = u64::from(x0);
+        regs[1..=args.len()].copy_from_slice(args);
+        regs
+    };
+    prop_oneof![
+        2 => kvm_type.prop_map(move |t| r(hc::VM_CREATE, &[t])),
+        2 => (handle.clone(), vcpu.clone(), features)
+            .prop_map(move |(h, v, f)| r(hc::VCPU_CREATE, &[h, v, f])),
+        3 => (handle.clone(), pfn.clone(), ipa.clone(), count.clone())
+            .prop_map(move |(h, p, i, c)| r(hc::VM_DONATE, &[h, p, i, c])),
+        3 => (handle.clone(), pfn, ipa.clone(), count)
+            .prop_map(move |(h, p, i, c)| r(hc::VM_MAP_SHARED, &[h, p, i, c])),
+        1 => (handle.clone(), ipa).prop_map(move |(h, i)| r(hc::VM_UNMAP_SHARED, &[h, i])),
+        2 => (handle.clone(), vcpu.clone(), reg.clone(), value)
+            .prop_map(move |(h, v, g, x)| r(hc::VCPU_SET_REG, &[h, v, g, x])),
+        1 => (handle.clone(), vcpu.clone(), reg).prop_map(move |(h, v, g)| r(hc::VCPU_GET_REG, &[h, v, g])),
+        2 => (handle.clone(), vcpu).prop_map(move |(h, v)| r(hc::VCPU_RUN, &[h, v])),
+        1 => handle.clone().prop_map(move |h| r(hc::VM_TEARDOWN, &[h])),
+        1 => handle.prop_map(move |h| r(hc::VM_RECLAIM, &[h])),
+    ]
+}
+
+/// Everything a failed call must leave untouched, the VM table included.
+fn full_snapshot(mp: &MemProtect<'_>, vms: &VmTable, hal: &FakeHal<'_>) -> (tu::Snapshot, String) {
+    (snapshot(mp, hal), format!("{vms:?}"))
+}
+
+fn check_all(mp: &MemProtect<'_>, vms: &VmTable, hal: &FakeHal<'_>) -> Result<(), String> {
+    let guests: Vec<&GuestMem> = vms.iter().filter_map(|vm| vm.guest_mem()).collect();
+    tu::check_system(mp, &guests, hal)
+}
+
+/// Tears every VM down (both phases) and frees the host stage-2: nothing
+/// may be left allocated.
+fn teardown_all(
+    mut mp: MemProtect<'_>,
+    vms: &mut VmTable,
+    hal: &mut FakeHal<'_>,
+) -> Result<(), TestCaseError> {
+    let handles: Vec<VmHandle> = vms.iter().map(|vm| vm.handle()).collect();
+    for h in handles {
+        if vms.get(h).map(|vm| vm.state()) == Some(vm::VmState::Live) {
+            prop_assert_eq!(vms.start_teardown(h), Ok(()));
+        }
+        prop_assert!(vms.finalize_teardown(&mut mp, h, hal).is_ok());
+    }
+    for row in mp.db().as_slice() {
+        prop_assert!(!matches!(row.owner(), Owner::Guest(_)));
+    }
+    mp.check_invariants(hal)
+        .map_err(|v| TestCaseError::fail(format!("{v:?}")))?;
+    mp.destroy(hal);
+    prop_assert_eq!(hal.live_pages(), 0);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(128))]
 
     /// No register values make the hypervisor panic, and whenever `x0` comes
-    /// back as anything but SUCCESS the database and tables are unchanged.
+    /// back as anything but SUCCESS the database, the tables and the VM
+    /// table are unchanged. VCPU_RUN is then run the way the glue does
+    /// (load, put).
     #[test]
-    fn hostile_hypercalls_never_panic_or_half_apply(calls in prop::collection::vec(regs(), 1..48)) {
+    fn hostile_hypercalls_never_panic_or_half_apply(
+        calls in prop::collection::vec(prop_oneof![1 => regs(), 1 => vm_call()], 1..48)
+    ) {
         let mut mem = tu::memory();
         let mut metas = tu::metas();
         let mut hal = tu::hal(&mut mem);
         let mut mp = tu::mem_protect(&mut metas, &mut hal);
+        let mut vms = VmTable::new();
         for regs in &calls {
-            let before = snapshot(&mp, &hal);
-            let out = handle_host_hvc(regs, &mut mp, &mut hal);
-            if out[0] != ret::SUCCESS {
-                prop_assert!(snapshot(&mp, &hal) == before, "{regs:x?} -> {out:x?} changed state");
+            let before = full_snapshot(&mp, &vms, &hal);
+            match handle_host_hvc(regs, &mut mp, &mut vms, &mut hal) {
+                HostOutcome::Return(out) => {
+                    if out[0] != ret::SUCCESS {
+                        prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "{regs:x?} -> {out:x?} changed state");
+                    }
+                }
+                HostOutcome::RunVcpu { handle, vcpu } => {
+                    prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "VCPU_RUN changed state");
+                    let index = u64::try_from(vcpu).unwrap_or(u64::MAX);
+                    prop_assert!(vms.vcpu_load(handle, index).is_ok());
+                    prop_assert_eq!(vms.vcpu_put(handle, index), Ok(()));
+                }
             }
-            if let Err(v) = mp.check_invariants(&hal) {
-                return Err(TestCaseError::fail(format!("{regs:x?}: {v:?}")));
+            if let Err(msg) = check_all(&mp, &vms, &hal) {
+                return Err(TestCaseError::fail(format!("{regs:x?}: {msg}")));
             }
         }
-        mp.destroy(&mut hal);
-        prop_assert_eq!(hal.live_pages(), 0);
+        teardown_all(mp, &mut vms, &mut hal)?;
     }
+}
+
+// ------------------------------------------------------------- guest calls
+
+const GUEST_IDS: [u32; 26] = [
+    smccc::VERSION,
+    smccc::ARCH_FEATURES,
+    smccc::VENDOR_HYP_CALL_UID,
+    guest_abi::kvm::FEATURES,
+    guest_abi::kvm::PTP,
+    guest_abi::kvm::HYP_MEMINFO,
+    guest_abi::kvm::MEM_SHARE,
+    guest_abi::kvm::MEM_UNSHARE,
+    guest_abi::kvm::MMIO_GUARD,
+    psci::VERSION,
+    psci::FEATURES,
+    psci::CPU_SUSPEND,
+    psci::CPU_SUSPEND_64,
+    psci::CPU_OFF,
+    psci::CPU_ON,
+    psci::CPU_ON_64,
+    psci::AFFINITY_INFO,
+    psci::AFFINITY_INFO_64,
+    psci::MIGRATE_INFO_TYPE,
+    psci::SYSTEM_OFF,
+    psci::SYSTEM_RESET,
+    psci::SYSTEM_RESET2,
+    psci::SYSTEM_RESET2_64,
+    0xc600_0005,
+    0x8400_000e,
+    0xc600_0080,
+];
+
+/// Guest IPA pages: P maps 0x8000_0000..+8 pages (donated), N
+/// 0x8000_0000..+4 (lent); 0x9000_0000.. is MMIO.
+fn guest_ipa() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        10 => (0u64..2).prop_map(|k| 0x8000_0000 + k * PAGE_SIZE),
+        4 => (2u64..10).prop_map(|k| 0x8000_0000 + k * PAGE_SIZE),
+        3 => (0u64..4).prop_map(|k| 0x9000_0000 + k * PAGE_SIZE),
+        1 => Just(0x8000_0010u64),
+        1 => Just(IPA_LIMIT),
+        1 => Just(IPA_LIMIT - PAGE_SIZE),
+        1 => any::<u64>(),
+    ]
+}
+
+fn guest_regs() -> impl Strategy<Value = [u64; 8]> {
+    let known = prop::sample::select(&GUEST_IDS[..]).prop_map(u64::from);
+    let memory = prop::sample::select(
+        &[
+            guest_abi::kvm::MEM_SHARE,
+            guest_abi::kvm::MEM_UNSHARE,
+            guest_abi::kvm::MEM_UNSHARE,
+            guest_abi::kvm::MMIO_GUARD,
+            psci::CPU_ON,
+        ][..],
+    )
+    .prop_map(u64::from);
+    let x0 = prop_oneof![
+        8 => memory,
+        8 => known.clone(),
+        1 => (known, 1u64..=u64::from(u32::MAX)).prop_map(|(id, hi)| id | hi << 32),
+        1 => any::<u32>().prop_map(u64::from),
+        1 => any::<u64>(),
+    ];
+    let x1 = prop_oneof![
+        6 => guest_ipa(),
+        3 => 0u64..4,
+        1 => prop::sample::select(&GUEST_IDS[..]).prop_map(u64::from),
+        1 => any::<u64>(),
+    ];
+    let small = prop_oneof![24 => Just(0u64), 3 => 0u64..5, 1 => any::<u64>()];
+    (
+        x0,
+        x1,
+        small.clone(),
+        small,
+        prop::array::uniform4(any::<u64>()),
+    )
+        .prop_map(|(x0, x1, x2, x3, rest)| [x0, x1, x2, x3, rest[0], rest[1], rest[2], rest[3]])
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    /// Random guest calls from random vCPUs of a protected and a normal VM
+    /// never panic; every call that returns an error (negative `x0`)
+    /// leaves the database, the tables, the guard sets and the power states
+    /// as they were; the system invariants hold throughout; guarded pages
+    /// are never guest memory; and teardown leaks nothing.
+    #[test]
+    fn hostile_guest_calls_never_panic_or_half_apply(
+        calls in prop::collection::vec((prop::bool::weighted(0.75), 0usize..4, guest_regs()), 1..40)
+    ) {
+        let mut mem = tu::memory();
+        let mut metas = tu::metas();
+        let mut hal = tu::hal(&mut mem);
+        let mut mp = tu::mem_protect(&mut metas, &mut hal);
+        let mut vms = VmTable::new();
+        let (Ok(p), Ok(n)) = (
+            vms.create_vm(VmKind::Protected, &mut hal),
+            vms.create_vm(VmKind::Normal, &mut hal),
+        ) else {
+            return Err(TestCaseError::fail("create"));
+        };
+        let off = abi::vcpu_feature::POWER_OFF;
+        for (h, v, f) in [(p, 0, 0), (p, 1, off), (p, 2, off), (n, 0, 0), (n, 1, off)] {
+            prop_assert!(vms.create_vcpu(h, v, f).is_ok());
+        }
+        let ram = Ipa::new(0x8000_0000);
+        let host = tu::pfn(tu::HOST_FIRST);
+        prop_assert_eq!(vms.donate(&mut mp, p, host, ram, 8, &mut hal), Ok(()));
+        let lent = tu::pfn(tu::HOST_FIRST + 8);
+        prop_assert_eq!(vms.map_shared(&mut mp, n, lent, ram, 4, &mut hal), Ok(()));
+
+        for (protected, caller, regs) in &calls {
+            let h = if *protected { p } else { n };
+            let before = full_snapshot(&mp, &vms, &hal);
+            let Some(vm) = vms.get_mut(h) else {
+                return Err(TestCaseError::fail("vm"));
+            };
+            let out = guest_abi::handle_guest_hvc(regs, *caller, &mut mp, vm, &mut hal);
+            let x0 = out.regs()[0];
+            if x0.cast_signed() < 0 {
+                prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "{regs:x?} -> {out:x?} changed state");
+            }
+            // The upper half of x0 and x4..x7 never matter.
+            let kind = if *protected { VmKind::Protected } else { VmKind::Normal };
+            let mut noisy = *regs;
+            noisy[0] ^= 0xdead_beef << 32;
+            noisy[4..].copy_from_slice(&[1, 2, 3, u64::MAX]);
+            prop_assert_eq!(
+                guest_abi::decode_guest_call(regs, kind),
+                guest_abi::decode_guest_call(&noisy, kind)
+            );
+            let Some(vm) = vms.get(h) else {
+                return Err(TestCaseError::fail("vm"));
+            };
+            if let Ok(guest_abi::GuestCall::MmioGuard { ipa }) = guest_abi::decode_guest_call(regs, kind) {
+                if x0 == ret::SUCCESS {
+                    prop_assert!(vm.mmio_exit_allowed(ipa));
+                }
+            }
+            for (start, pages) in vm.mmio_guard().runs() {
+                for k in 0..pages {
+                    let ipa = Ipa::new(start.raw() + k * PAGE_SIZE);
+                    prop_assert!(!vm.is_guest_memory(ipa, &hal), "{ipa} guarded and mapped");
+                }
+            }
+            if let Err(msg) = check_all(&mp, &vms, &hal) {
+                return Err(TestCaseError::fail(format!("{regs:x?}: {msg}")));
+            }
+        }
+        teardown_all(mp, &mut vms, &mut hal)?;
+    }
+
+    /// MEM_SHARE, MEM_UNSHARE and MMIO_GUARD from a protected guest agree
+    /// with a model (a set of shared pages, a set of guarded pages) on
+    /// pages around the end of its memory, and the host hears of exactly
+    /// the successful shares and unshares.
+    #[test]
+    fn guest_memory_calls_match_model(
+        ops in prop::collection::vec((0u8..3, 5u64..11, 0usize..3), 1..40)
+    ) {
+        let mut mem = tu::memory();
+        let mut metas = tu::metas();
+        let mut hal = tu::hal(&mut mem);
+        let mut mp = tu::mem_protect(&mut metas, &mut hal);
+        let mut vms = VmTable::new();
+        let Ok(p) = vms.create_vm(VmKind::Protected, &mut hal) else {
+            return Err(TestCaseError::fail("create"));
+        };
+        prop_assert!(vms.create_vcpu(p, 0, 0).is_ok());
+        let ram_pages = 8;
+        let ram = Ipa::new(0x8000_0000);
+        prop_assert_eq!(vms.donate(&mut mp, p, tu::pfn(tu::HOST_FIRST), ram, ram_pages, &mut hal), Ok(()));
+        let mut shared: BTreeSet<u64> = BTreeSet::new();
+        let mut guarded: BTreeSet<u64> = BTreeSet::new();
+        for &(op, page, caller) in &ops {
+            let ipa = Ipa::new(ram.raw() + page * PAGE_SIZE);
+            let fid = [guest_abi::kvm::MEM_SHARE, guest_abi::kvm::MEM_UNSHARE, guest_abi::kvm::MMIO_GUARD][usize::from(op)];
+            let Some(vm) = vms.get_mut(p) else {
+                return Err(TestCaseError::fail("vm"));
+            };
+            let regs = [u64::from(fid), ipa.raw(), 0, 0, 0, 0, 0, 0];
+            let out = guest_abi::handle_guest_hvc(&regs, caller, &mut mp, vm, &mut hal);
+            let in_ram = page < ram_pages;
+            let ok = [ret::SUCCESS, 0, 0, 0];
+            let expected = match op {
+                0 if in_ram && shared.insert(page) => guest_abi::GuestOutcome::ExitToHost {
+                    regs: ok, exit: guest_abi::HostExit::MemShare { ipa },
+                },
+                1 if in_ram && shared.remove(&page) => guest_abi::GuestOutcome::ExitToHost {
+                    regs: ok, exit: guest_abi::HostExit::MemUnshare { ipa },
+                },
+                2 if !in_ram => {
+                    guarded.insert(page);
+                    guest_abi::GuestOutcome::Return(ok)
+                }
+                _ => guest_abi::GuestOutcome::Return([ret::INVALID_PARAMETER, 0, 0, 0]),
+            };
+            prop_assert_eq!(out, expected);
+            let Some(vm) = vms.get(p) else {
+                return Err(TestCaseError::fail("vm"));
+            };
+            for k in 5..11 {
+                let ipa = Ipa::new(ram.raw() + k * PAGE_SIZE);
+                prop_assert_eq!(vm.mmio_exit_allowed(ipa), guarded.contains(&k));
+                if k < ram_pages {
+                    let host = mp.db().get(tu::pfn(tu::HOST_FIRST + k)).map(|m| m.host_state());
+                    let want = if shared.contains(&k) { PageState::SharedBorrowed } else { PageState::NoPage };
+                    prop_assert_eq!(host, Some(want));
+                }
+            }
+            if let Err(msg) = check_all(&mp, &vms, &hal) {
+                return Err(TestCaseError::fail(msg));
+            }
+        }
+        teardown_all(mp, &mut vms, &mut hal)?;
+    }
+
+    /// The MMIO guard set agrees with a plain set of pages, keeps its runs
+    /// sorted, disjoint and non-adjacent, and changes nothing when full.
+    #[test]
+    fn mmio_guard_set_matches_model(
+        pages in prop::collection::vec(prop_oneof![
+            8 => 0u64..160,
+            1 => Just(IPA_LIMIT >> PAGE_SHIFT),
+            1 => any::<u64>() ,
+        ], 1..200),
+        unaligned in any::<bool>(),
+    ) {
+        let mut set = MmioGuardSet::new();
+        let mut model: BTreeSet<u64> = BTreeSet::new();
+        for (i, &g) in pages.iter().enumerate() {
+            let raw = g.wrapping_shl(PAGE_SHIFT) | u64::from(unaligned && i == 0);
+            let ipa = Ipa::new(raw);
+            let before = set.clone();
+            match set.insert(ipa) {
+                Ok(()) => {
+                    model.insert(ipa.gfn());
+                }
+                Err(GuardError::Full) => {
+                    prop_assert!(set == before);
+                    let mut with = model.clone();
+                    with.insert(ipa.gfn());
+                    prop_assert!(runs_of(&with) > guest_abi::MMIO_GUARD_RUNS);
+                }
+                Err(_) => {
+                    prop_assert!(set == before);
+                    prop_assert!(!ipa.is_page_aligned() || raw >= IPA_LIMIT);
+                }
+            }
+            prop_assert_eq!(set.pages(), u64::try_from(model.len()).unwrap_or(0));
+            let runs: Vec<(Ipa, u64)> = set.runs().collect();
+            prop_assert_eq!(runs.len(), runs_of(&model));
+            for w in runs.windows(2) {
+                prop_assert!(w[0].0.gfn() + w[0].1 < w[1].0.gfn(), "{runs:?}");
+            }
+        }
+        for g in 0..170 {
+            prop_assert_eq!(set.contains(Ipa::new(g << PAGE_SHIFT)), model.contains(&g));
+            prop_assert_eq!(set.overlaps(Ipa::new(g << PAGE_SHIFT), 3),
+                (g..g + 3).any(|x| model.contains(&x)));
+        }
+    }
+}
+
+/// Number of maximal runs of consecutive numbers in `set`.
+fn runs_of(set: &BTreeSet<u64>) -> usize {
+    let mut runs = 0;
+    let mut prev: Option<u64> = None;
+    for &g in set {
+        if prev.is_none_or(|p| p + 1 != g) {
+            runs += 1;
+        }
+        prev = Some(g);
+    }
+    runs
 }

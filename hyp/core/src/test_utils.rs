@@ -132,11 +132,22 @@ pub fn check_system(
             let Some(m) = db.get(pfn) else {
                 return Err(format!("{me:?} maps {pfn} outside RAM at {ipa}"));
             };
-            if m.owner() != me {
-                return Err(format!("{me:?} maps {pfn} owned by {:?}", m.owner()));
-            }
             if let Some(prev) = guest_mapped.insert(pfn, (me, ipa)) {
                 return Err(format!("{pfn} mapped twice: {prev:?} and {ipa}"));
+            }
+            if leaf.state == PageState::SharedBorrowed {
+                // A host page lent to this guest.
+                let lent = (Owner::Host, PageState::SharedOwned, PageState::NoPage);
+                if (m.owner(), m.host_state(), m.hyp_state()) != lent {
+                    return Err(format!("{me:?} borrows {pfn} at {ipa}, row {m:?}"));
+                }
+                if leaf.attrs.perms.contains(crate::stage2::Perms::W) {
+                    writers.entry(pfn).or_default().push((me, leaf.state));
+                }
+                continue;
+            }
+            if m.owner() != me {
+                return Err(format!("{me:?} maps {pfn} owned by {:?}", m.owner()));
             }
             let expected_host = match leaf.state {
                 PageState::Owned => PageState::NoPage,
@@ -156,10 +167,17 @@ pub fn check_system(
         }
     }
     for pfn in db.range().iter() {
-        if let Some(Owner::Guest(h)) = db.get(pfn).map(|m| m.owner()) {
+        let Some(m) = db.get(pfn) else { continue };
+        if let Owner::Guest(h) = m.owner() {
             if !guest_mapped.contains_key(&pfn) {
                 return Err(format!("{pfn} owned by guest {h:?} but mapped nowhere"));
             }
+        }
+        let lent = m.owner() == Owner::Host
+            && m.host_state() == PageState::SharedOwned
+            && m.hyp_state() == PageState::NoPage;
+        if lent && !guest_mapped.contains_key(&pfn) {
+            return Err(format!("{pfn} lent to a guest but mapped by none"));
         }
     }
     for (pfn, w) in writers {

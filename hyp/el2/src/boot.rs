@@ -21,6 +21,7 @@ use cloister_hyp_core::addr::{Ipa, Pfn, PfnRange, PhysAddr};
 use cloister_hyp_core::hal::{PageAllocator, PageWords, TlbMaintenance};
 use cloister_hyp_core::mem_protect::{MemProtect, PageMeta};
 use cloister_hyp_core::stage2::{self, Vmid};
+use cloister_hyp_core::vm::VmTable;
 use cloister_hyp_core::{abi, fdt, hypercall, payload};
 
 use crate::arch::{self, S1Attr, Stage1Builder, MAX_CPUS};
@@ -62,6 +63,13 @@ struct StateCell(core::cell::UnsafeCell<Option<HypState>>);
 unsafe impl Sync for StateCell {}
 static STATE: StateCell = StateCell(core::cell::UnsafeCell::new(None));
 static STATE_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// The VM table (~70 KiB: a static, never built on the 16 KiB EL2 stack),
+/// under the same lock as STATE.
+struct VmsCell(core::cell::UnsafeCell<VmTable>);
+// SAFETY: every access goes through `with_state`, which holds STATE_LOCK.
+unsafe impl Sync for VmsCell {}
+static VMS: VmsCell = VmsCell(core::cell::UnsafeCell::new(VmTable::new()));
 
 fn with_state<R>(f: impl FnOnce(&mut Option<HypState>) -> R) -> R {
     while STATE_LOCK
@@ -403,7 +411,19 @@ pub fn psci(fid: u32, args: [u64; 3]) -> [u64; 4] {
 /// Answers a non-PSCI SMCCC call from the host through the portable core.
 pub fn host_hypercall(regs: &[u64; 8]) -> [u64; 4] {
     with_state(|s| match s {
-        Some(state) => hypercall::handle_host_hvc(regs, &mut state.mem, &mut state.hal),
+        Some(state) => {
+            // SAFETY: STATE_LOCK is held (we are inside `with_state`), so
+            // this is the only reference to the VM table.
+            let vms = unsafe { &mut *VMS.0.get() };
+            match hypercall::handle_host_hvc(regs, &mut state.mem, vms, &mut state.hal) {
+                hypercall::HostOutcome::Return(r) => r,
+                // Running vCPUs is the arch glue's next step; until then
+                // VCPU_RUN is not implemented (nothing was loaded).
+                hypercall::HostOutcome::RunVcpu { .. } => {
+                    [abi::ret::NOT_SUPPORTED, abi::err::UNKNOWN_FUNCTION, 0, 0]
+                }
+            }
+        }
         None => [abi::ret::NOT_SUPPORTED, 0, 0, 0],
     })
 }

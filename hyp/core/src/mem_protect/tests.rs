@@ -571,6 +571,145 @@ fn guest_transition_errors_change_nothing() {
 }
 
 #[test]
+fn host_lends_pages_to_a_guest_and_takes_them_back() {
+    let mut mem = tu::memory();
+    let mut metas = tu::metas();
+    let mut hal = tu::hal(&mut mem);
+    let mut mp = tu::mem_protect(&mut metas, &mut hal);
+    let mut g = guest(G1, &mut hal);
+    let ipa = Ipa::new(0x8000_0000);
+    if let Some(page) = hal.page_mut(pa_of(pfn(H + 1))) {
+        page[7] = 0x1234;
+    }
+    ok(mp.host_share_guest(pfn(H), 3, &mut g, ipa, &mut hal));
+    let lent = meta(Owner::Host, PageState::SharedOwned, PageState::NoPage);
+    for i in 0..3 {
+        assert_eq!(row(&mp, H + i), lent);
+        assert_eq!(
+            host_leaf(&mp, &hal, H + i),
+            Some(Leaf {
+                pa: pa_of(pfn(H + i)),
+                attrs: Attrs::RAM_RWX,
+                state: PageState::SharedOwned
+            }),
+            "the host keeps its mapping"
+        );
+    }
+    let Some(gipa) = ipa.checked_add_pages(1) else {
+        panic!("ipa")
+    };
+    assert_eq!(
+        g.stage2().walk(gipa, &hal),
+        Some(Leaf {
+            pa: pa_of(pfn(H + 1)),
+            attrs: GUEST_RAM_ATTRS,
+            state: PageState::SharedBorrowed
+        })
+    );
+    check(&mp, &[&g], &hal);
+
+    // A lent page cannot be lent again, donated, shared with the hyp, or
+    // shared back by the guest.
+    let mut g2 = guest(G2, &mut hal);
+    let before = snapshot(&mp, &hal);
+    let bad_state = MemProtectError::BadState {
+        pfn: pfn(H),
+        component: Owner::Host,
+        state: PageState::SharedOwned,
+    };
+    assert_eq!(
+        mp.host_share_guest(pfn(H), 1, &mut g2, ipa, &mut hal),
+        Err(bad_state)
+    );
+    assert_eq!(
+        mp.host_donate_guest(pfn(H), 1, &mut g2, ipa, &mut hal),
+        Err(bad_state)
+    );
+    assert_eq!(mp.host_share_hyp(pfn(H), &mut hal), Err(bad_state));
+    assert_eq!(mp.host_donate_hyp(pfn(H), 1, &mut hal), Err(bad_state));
+    assert_eq!(
+        mp.host_unshare_hyp(pfn(H), &mut hal),
+        Err(MemProtectError::BadState {
+            pfn: pfn(H),
+            component: Owner::Hyp,
+            state: PageState::NoPage,
+        })
+    );
+    assert_eq!(
+        mp.guest_share_host(&mut g, ipa, &mut hal),
+        Err(MemProtectError::BadState {
+            pfn: pfn(H),
+            component: Owner::Guest(G1),
+            state: PageState::SharedBorrowed,
+        })
+    );
+    assert_eq!(
+        mp.host_share_guest(pfn(H + 3), 1, &mut g, ipa, &mut hal),
+        Err(MemProtectError::IpaMapped { ipa })
+    );
+    assert_eq!(
+        mp.host_share_guest(pfn(H + 3), 1, &mut g, Ipa::new(0x8000_0800), &mut hal),
+        Err(MemProtectError::Unaligned { addr: 0x8000_0800 })
+    );
+    assert_eq!(
+        mp.host_unshare_guest(&mut g, Ipa::new(0x9000_0000), &mut hal),
+        Err(MemProtectError::IpaNotMapped {
+            ipa: Ipa::new(0x9000_0000)
+        })
+    );
+    assert_eq!(snapshot(&mp, &hal), before);
+
+    // Unshare one; reclaim gives back the rest untouched (not zeroed).
+    ok(mp.host_unshare_guest(&mut g, ipa, &mut hal));
+    assert_eq!(row(&mp, H), PageMeta::HOST_OWNED);
+    assert_eq!(g.stage2().walk(ipa, &hal), None);
+    assert_eq!(
+        host_leaf(&mp, &hal, H).map(|l| l.state),
+        Some(PageState::Owned)
+    );
+    assert_eq!(
+        mp.host_unshare_guest(&mut g, ipa, &mut hal),
+        Err(MemProtectError::IpaNotMapped { ipa })
+    );
+    check(&mp, &[&g], &hal);
+    assert_eq!(mp.reclaim_guest(&mut g, &mut hal), Ok(2));
+    assert_eq!(row(&mp, H + 1), PageMeta::HOST_OWNED);
+    assert_eq!(hal.page(pa_of(pfn(H + 1))).map(|p| p[7]), Some(0x1234));
+    check(&mp, &[&g], &hal);
+    assert!(matches!(g.destroy(&mut hal), Ok(())));
+    assert!(matches!(g2.destroy(&mut hal), Ok(())));
+    mp.destroy(&mut hal);
+    assert_eq!(hal.live_pages(), 0);
+}
+
+#[test]
+fn host_share_guest_out_of_memory_changes_nothing() {
+    let mut mem = tu::memory();
+    let mut metas = tu::metas();
+    let mut hal = tu::hal(&mut mem);
+    let mut mp = tu::mem_protect(&mut metas, &mut hal);
+    let mut g = guest(G1, &mut hal);
+    let ipa = Ipa::new(0x8000_0000);
+    // The guest needs two table pages below its root for this IPA.
+    for budget in 0..2 {
+        let before = snapshot(&mp, &hal);
+        hal.fail_after(budget);
+        assert_eq!(
+            mp.host_share_guest(pfn(H), 2, &mut g, ipa, &mut hal),
+            Err(MemProtectError::NoMemory)
+        );
+        hal.set_oom(false);
+        assert_eq!(snapshot(&mp, &hal), before, "budget {budget}");
+    }
+    ok(mp.host_share_guest(pfn(H), 2, &mut g, ipa, &mut hal));
+    check(&mp, &[&g], &hal);
+    assert_eq!(mp.reclaim_guest(&mut g, &mut hal), Ok(2));
+    assert!(matches!(g.destroy(&mut hal), Ok(())));
+    mp.destroy(&mut hal);
+    assert_eq!(hal.live_pages(), 0);
+}
+
+#[test]
 fn host_mmio_is_device_memory_outside_ram() {
     let mut mem = tu::memory();
     let mut metas = tu::metas();
@@ -732,6 +871,7 @@ fn consistent_rows_are_exactly_the_module_table() {
         [
             (Owner::Host, Owned, NoPage, false),
             (Owner::Host, SharedOwned, SharedBorrowed, false),
+            (Owner::Host, SharedOwned, NoPage, false),
             (Owner::Hyp, NoPage, Owned, false),
             (Owner::Hyp, NoPage, Owned, true),
             (Owner::Guest(G1), SharedBorrowed, NoPage, false),
