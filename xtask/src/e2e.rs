@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cloister_agent::protocol::{Report, PROTOCOL_VERSION};
 
+use crate::stack::PartitionTable;
+
 /// Set by the Ctrl-C handler; every wait loop polls it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -45,6 +47,12 @@ pub enum Expected {
     HypPageOwner,
     /// `vmm_exit` = 1: the VMM fails cleanly without its device.
     VmmExit,
+    /// `guest_exit`: VCPU_RUN came back with a shutdown system event.
+    GuestExit,
+    /// `guest_x5`: the guest's own instruction ran (x5 = 0x1234).
+    GuestX5,
+    /// `guest_pages_reclaimed` = 1: teardown gave the page back.
+    GuestPagesReclaimed,
 }
 
 impl Expected {
@@ -63,6 +71,9 @@ impl Expected {
             Expected::HcDonateHypPage => "hc_donate_hyp_page",
             Expected::HypPageOwner => "hyp_page_owner",
             Expected::VmmExit => "vmm_exit",
+            Expected::GuestExit => "guest_exit",
+            Expected::GuestX5 => "guest_x5",
+            Expected::GuestPagesReclaimed => "guest_pages_reclaimed",
         }
     }
 
@@ -111,6 +122,14 @@ impl Expected {
             ),
             Expected::HypPageOwner => x0_x1([ret::SUCCESS, abi::owner::HYP, 0, 0]),
             Expected::VmmExit => "1".to_owned(),
+            Expected::GuestExit => format!(
+                "{:#x} {:#x} {:#x}",
+                ret::SUCCESS,
+                abi::exit::SYSTEM_EVENT,
+                cloister_hyp_core::guest_abi::kvm_uapi::SYSTEM_EVENT_SHUTDOWN
+            ),
+            Expected::GuestX5 => "0x1234".to_owned(),
+            Expected::GuestPagesReclaimed => "1".to_owned(),
         }
     }
 }
@@ -130,6 +149,55 @@ pub enum Kind {
     /// Boot a deliberately damaged `cloister.img`: the hyp must refuse it
     /// with a console message naming what is wrong and power off.
     DamagedImage(Damage),
+    /// Boot a damaged disk image through the firmware (`qemu.boot = "disk"`
+    /// stacks only): U-Boot must say why it cannot boot, boot no kernel and
+    /// stop at its prompt.
+    BrokenDisk(DiskDamage),
+}
+
+/// How the broken-disk scenarios damage the disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskDamage {
+    /// Every copy of the FAT in the boot partition zeroed: the files are
+    /// listed, but cloister.img's cluster chain is gone.
+    ZeroedFat,
+    /// The disk cut 1 MiB into its boot partition (inside cloister.img).
+    Truncated,
+}
+
+impl DiskDamage {
+    /// Damages the disk image at `disk` in place.
+    pub fn apply(self, disk: &Path) -> Result<()> {
+        match self {
+            DiskDamage::ZeroedFat => crate::disk::zero_fats(disk),
+            DiskDamage::Truncated => crate::disk::truncate_in_boot_partition(disk, 1 << 20),
+        }
+    }
+
+    /// Console lines U-Boot (or the boot script) prints about the damage,
+    /// as U-Boot 2023.01 (Debian's u-boot-qemu) words them.
+    pub fn expected_messages(self, table: PartitionTable) -> &'static [&'static str] {
+        match (self, table) {
+            // The boot script and uEnv.txt fit one cluster each and load;
+            // following cloister.img's chain fails.
+            (DiskDamage::ZeroedFat, _) => &[
+                "Invalid FAT entry",
+                "** Unable to read file /cloister.img **",
+                "cloister: cannot read /cloister.img from virtio 0:1",
+            ],
+            // The GPT's partition 1 now ends past the disk: U-Boot drops it.
+            (DiskDamage::Truncated, PartitionTable::Gpt) => {
+                &["** Invalid partition 1 **", "Couldn't find partition virtio 0:1"]
+            }
+            // An MBR is not checked against the disk size: the FAT reads run
+            // off the end of the disk.
+            (DiskDamage::Truncated, PartitionTable::Mbr) => &[
+                "Error reading cluster",
+                "** Unable to read file /cloister.img **",
+                "cloister: cannot read /cloister.img from virtio 0:1",
+            ],
+        }
+    }
 }
 
 /// How the damaged-image scenarios break `cloister.img`.
@@ -245,6 +313,12 @@ pub fn scenarios() -> Vec<Scenario> {
             true,
         ),
         agent(
+            "guest-run",
+            "a normal VM runs its own code through the hyp and powers off; teardown returns its page",
+            &[Expected::GuestExit, Expected::GuestX5, Expected::GuestPagesReclaimed],
+            true,
+        ),
+        agent(
             "vmm-no-device",
             "the host's cloister-vmm fails with an error naming a missing device",
             &[Expected::VmmExit],
@@ -265,6 +339,20 @@ pub fn scenarios() -> Vec<Scenario> {
             "the hyp refuses an image cut short",
             Damage::Truncated,
         ),
+        Scenario {
+            name: "disk-corrupt-fat",
+            what: "U-Boot names the file it cannot read from a boot partition whose FAT is zeroed, \
+                   and boots nothing",
+            kind: Kind::BrokenDisk(DiskDamage::ZeroedFat),
+            ..damaged("", "", Damage::BadMagic)
+        },
+        Scenario {
+            name: "disk-truncated",
+            what: "U-Boot refuses a disk image cut inside its boot partition, says why, \
+                   and boots nothing",
+            kind: Kind::BrokenDisk(DiskDamage::Truncated),
+            ..damaged("", "", Damage::BadMagic)
+        },
         Scenario {
             name: "demo-shell",
             what: "the demo boots to a busybox prompt and `poweroff` exits QEMU with status 0",
@@ -603,6 +691,100 @@ pub fn run_damaged_image(
         BootEnd::Exited(_) => Verdict::Pass,
     };
     Ok(verdict)
+}
+
+/// U-Boot's command prompt at the start of a line: distro boot gave up.
+pub const UBOOT_PROMPT: &str = "\n=> ";
+
+/// Boots a damaged disk image through U-Boot: passes when U-Boot printed
+/// every `expected` line, started no kernel, and stopped at its prompt
+/// (QEMU is then stopped; U-Boot would wait there for ever).
+pub fn run_broken_disk(
+    scenario: &Scenario,
+    mut cmd: Command,
+    files: &ScenarioFiles,
+    expected: &[&str],
+) -> Result<Verdict> {
+    let log = std::fs::File::create(&files.qemu_log)
+        .with_context(|| format!("creating {}", files.qemu_log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", crate::stage::display_command(&cmd)))?;
+    let mut guard = ChildGuard(child);
+    let deadline = Instant::now() + scenario.timeout;
+    let read_console = || {
+        std::fs::read(&files.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let ended = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Ok(Verdict::Fail(format!(
+                "scenario {} interrupted (Ctrl-C)",
+                scenario.name
+            )));
+        }
+        if read_console().contains(UBOOT_PROMPT) {
+            break "U-Boot stopped at its prompt".to_owned();
+        }
+        if let Some(status) = guard.0.try_wait()? {
+            break format!("QEMU exited with {status}");
+        }
+        if Instant::now() >= deadline {
+            return Ok(Verdict::Fail(with_console(
+                format!(
+                    "scenario {}: U-Boot did not reach its prompt within {}s",
+                    scenario.name,
+                    scenario.timeout.as_secs()
+                ),
+                files,
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(guard);
+    let console = read_console();
+    if console.contains("Starting kernel") {
+        return Ok(Verdict::Fail(with_console(
+            format!(
+                "scenario {}: U-Boot started a kernel from a damaged disk ({ended})",
+                scenario.name
+            ),
+            files,
+        )));
+    }
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|m| !console.contains(**m))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Verdict::Fail(with_console(
+            format!(
+                "scenario {}: {ended}, but the console lacks {}",
+                scenario.name,
+                missing
+                    .iter()
+                    .map(|m| format!("{m:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            files,
+        )));
+    }
+    if !console.contains(UBOOT_PROMPT) {
+        return Ok(Verdict::Fail(with_console(
+            format!(
+                "scenario {}: {ended} before U-Boot gave up at its prompt",
+                scenario.name
+            ),
+            files,
+        )));
+    }
+    Ok(Verdict::Pass)
 }
 
 /// The prompt /etc/profile sets in the host shell.

@@ -37,6 +37,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "sends malformed hypercalls through debugfs; reports x0 x1 of each",
     ),
     (
+        "guest-run",
+        "runs a five-instruction normal VM through the hyp's VM calls; reports its exit",
+    ),
+    (
         "vmm-no-device",
         "runs cloister-vmm against a missing device; reports its exit code",
     ),
@@ -150,6 +154,7 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         }),
         "bad-hypercall" => with_carveout(bad_hypercalls),
         "vmm-no-device" => vmm_without_device(),
+        "guest-run" => guest_run(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(
@@ -372,6 +377,130 @@ fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
         Err(e) => out.push(check("hyp_page_owner", false, e)),
     }
     out
+}
+
+/// Raw hypercall through debugfs returning all four result registers.
+fn hypercall_regs(line: &str) -> Result<[u64; 4], String> {
+    if !Path::new(DEBUGFS_HYPERCALL).exists() {
+        let _ = fs::create_dir_all("/sys/kernel/debug");
+        mount("debugfs", "/sys/kernel/debug");
+    }
+    fs::write(DEBUGFS_HYPERCALL, line).map_err(|e| format!("writing {line:?}: {e}"))?;
+    let out = fs::read_to_string(DEBUGFS_HYPERCALL).map_err(|e| format!("reading result: {e}"))?;
+    let regs: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+        .collect();
+    regs.as_slice()
+        .try_into()
+        .map_err(|_| format!("unexpected result {out:?}"))
+}
+
+/// A call that must succeed (x0 == 0); returns x1.
+fn hypercall_ok(line: &str) -> Result<u64, String> {
+    let r = hypercall_regs(line)?;
+    if r[0] == 0 {
+        Ok(r[1])
+    } else {
+        Err(format!(
+            "{line:?} failed: {:#x} {:#x} {:#x} {:#x}",
+            r[0], r[1], r[2], r[3]
+        ))
+    }
+}
+
+/// The guest: x5 = 0x1234, then PSCI SYSTEM_OFF through HVC.
+const GUEST_CODE: [u32; 5] = [
+    0xd282_4685, // movz x5, #0x1234
+    0xd280_0100, // movz x0, #0x8
+    0xf2b0_8000, // movk x0, #0x8400, lsl #16   (x0 = 0x84000008)
+    0xd400_0002, // hvc #0
+    0x1400_0000, // b .
+];
+const GUEST_IPA: u64 = 0x8000_0000;
+
+/// Creates a normal VM from one page of this process's memory, runs it,
+/// and tears it down, all through the host ABI's VM calls.
+fn guest_run() -> Vec<Report> {
+    let page = match guest_page() {
+        Ok(p) => p,
+        Err(e) => return vec![check("guest_page", false, e)],
+    };
+    let run = || -> Result<Vec<Report>, String> {
+        let handle = hypercall_ok("0xc6000085 0")?;
+        hypercall_ok(&format!("0xc6000086 {handle:#x} 0 4"))?;
+        hypercall_ok(&format!(
+            "0xc6000088 {handle:#x} {:#x} {GUEST_IPA:#x} 1",
+            page.pfn
+        ))?;
+        hypercall_ok(&format!("0xc600008a {handle:#x} 0 32 {GUEST_IPA:#x}"))?;
+        let mut exit = [0u64; 4];
+        for _ in 0..100 {
+            exit = hypercall_regs(&format!("0xc600008c {handle:#x} 0"))?;
+            // x1 == 0: an interrupt for the host came in; run again.
+            if exit[0] != 0 || exit[1] != 0 {
+                break;
+            }
+        }
+        let x5 = hypercall_ok(&format!("0xc600008b {handle:#x} 0 5"))?;
+        hypercall_ok(&format!("0xc600008d {handle:#x}"))?;
+        let reclaimed = hypercall_ok(&format!("0xc600008e {handle:#x}"))?;
+        Ok(vec![
+            fact(
+                "guest_exit",
+                format!("{:#x} {:#x} {:#x}", exit[0], exit[1], exit[2]),
+            ),
+            fact("guest_x5", format!("{x5:#x}")),
+            fact("guest_pages_reclaimed", reclaimed.to_string()),
+        ])
+    };
+    match run() {
+        Ok(r) => r,
+        Err(e) => vec![check("guest_run", false, e)],
+    }
+}
+
+/// One locked page of this process holding the guest code, and its frame.
+struct GuestPage {
+    pfn: u64,
+}
+
+fn guest_page() -> Result<GuestPage, String> {
+    // SAFETY: a fresh private anonymous page; we only write our own bytes.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_LOCKED,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", io::Error::last_os_error()));
+    }
+    let words = ptr.cast::<u32>();
+    for (i, w) in GUEST_CODE.iter().enumerate() {
+        // SAFETY: within the page mapped above.
+        unsafe { words.add(i).write_volatile(*w) };
+    }
+    // The page's frame number from /proc/self/pagemap (root sees PFNs).
+    let mut pagemap = File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+    let index = ptr as u64 / 4096;
+    let mut entry = [0u8; 8];
+    use std::io::Seek;
+    pagemap
+        .seek(io::SeekFrom::Start(index * 8))
+        .and_then(|_| pagemap.read_exact(&mut entry))
+        .map_err(|e| format!("reading pagemap: {e}"))?;
+    let entry = u64::from_le_bytes(entry);
+    if entry & (1 << 63) == 0 {
+        return Err("guest page not present".into());
+    }
+    Ok(GuestPage {
+        pfn: entry & ((1 << 55) - 1),
+    })
 }
 
 /// The VMM in the host image starts and, given a device that does not

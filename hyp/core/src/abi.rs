@@ -336,6 +336,9 @@ pub mod vcpu_reg {
 
 /// Why `VCPU_RUN` returned (`x1`), with `x2`, `x3`.
 pub mod exit {
+    /// Nothing to report: an interrupt for the host arrived while the guest
+    /// ran. Service it and run the vCPU again.
+    pub const INTERRUPTED: u64 = 0;
     /// The guest shared a page with the host (pKVM MEM_SHARE): `x2` = IPA.
     /// The host turns it into `KVM_EXIT_HYPERCALL` (nr `0xc6000003`).
     pub const MEM_SHARE: u64 = 1;

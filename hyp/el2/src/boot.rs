@@ -86,7 +86,7 @@ fn with_state<R>(f: impl FnOnce(&mut Option<HypState>) -> R) -> R {
 
 /// Page-table pages for the host stage-2, from the carve-out at the top of
 /// RAM; freed pages go on a free list threaded through their first word.
-struct PoolHal {
+pub struct PoolHal {
     next: u64,
     end: u64,
     free: u64,
@@ -408,22 +408,35 @@ pub fn psci(fid: u32, args: [u64; 3]) -> [u64; 4] {
     }
 }
 
-/// Answers a non-PSCI SMCCC call from the host through the portable core.
-pub fn host_hypercall(regs: &[u64; 8]) -> [u64; 4] {
+/// The hyp's state was not set up (a call before boot finished).
+#[derive(Debug)]
+pub struct StateGuardError;
+
+/// Runs `f` with the page database, the VM table and the page pool, under
+/// the one state lock.
+pub fn with_vms<R>(
+    f: impl FnOnce(&mut MemProtect<'static>, &mut VmTable, &mut PoolHal) -> R,
+) -> Result<R, StateGuardError> {
     with_state(|s| match s {
         Some(state) => {
             // SAFETY: STATE_LOCK is held (we are inside `with_state`), so
             // this is the only reference to the VM table.
             let vms = unsafe { &mut *VMS.0.get() };
-            match hypercall::handle_host_hvc(regs, &mut state.mem, vms, &mut state.hal) {
-                hypercall::HostOutcome::Return(r) => r,
-                // Running vCPUs is the arch glue's next step; until then
-                // VCPU_RUN is not implemented (nothing was loaded).
-                hypercall::HostOutcome::RunVcpu { .. } => {
-                    [abi::ret::NOT_SUPPORTED, abi::err::UNKNOWN_FUNCTION, 0, 0]
-                }
-            }
+            Ok(f(&mut state.mem, vms, &mut state.hal))
         }
-        None => [abi::ret::NOT_SUPPORTED, 0, 0, 0],
+        None => Err(StateGuardError),
     })
+}
+
+/// Answers a non-PSCI SMCCC call from the host through the portable core;
+/// VCPU_RUN runs the guest with the state lock released.
+pub fn host_hypercall(regs: &[u64; 8]) -> [u64; 4] {
+    let outcome = with_vms(|mem, vms, hal| hypercall::handle_host_hvc(regs, mem, vms, hal));
+    match outcome {
+        Ok(hypercall::HostOutcome::Return(r)) => r,
+        Ok(hypercall::HostOutcome::RunVcpu { handle, vcpu }) => {
+            crate::guest::run_vcpu(handle, vcpu)
+        }
+        Err(StateGuardError) => [abi::ret::NOT_SUPPORTED, 0, 0, 0],
+    }
 }

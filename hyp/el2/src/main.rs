@@ -20,6 +20,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
 mod traps;
 
 #[cfg(not(target_os = "none"))]

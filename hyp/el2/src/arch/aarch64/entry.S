@@ -5,6 +5,7 @@
  */
 
 .equ STACK_SIZE, 0x4000          /* must match arch::STACK_SIZE */
+.equ PERCPU_SIZE, 0x400          /* must match size_of::<arch::PerCpu>() */
 .equ R_AARCH64_RELATIVE, 1027
 
 .section .text.head, "ax"
@@ -60,6 +61,10 @@ primary_entry:
     add     x1, x1, :lo12:HYP_STACKS
     add     x1, x1, #STACK_SIZE
     mov     sp, x1
+    /* CPU 0's per-CPU data (the vectors read it on every trap). */
+    adrp    x1, HYP_PERCPU
+    add     x1, x1, :lo12:HYP_PERCPU
+    msr     tpidr_el2, x1
 
     adrp    x1, hyp_vectors
     add     x1, x1, :lo12:hyp_vectors
@@ -86,6 +91,11 @@ secondary_entry:
     mov     x3, #STACK_SIZE
     madd    x1, x2, x3, x1
     mov     sp, x1
+    adrp    x1, HYP_PERCPU
+    add     x1, x1, :lo12:HYP_PERCPU
+    mov     x3, #PERCPU_SIZE
+    madd    x1, x19, x3, x1
+    msr     tpidr_el2, x1
     adrp    x1, hyp_vectors
     add     x1, x1, :lo12:hyp_vectors
     msr     vbar_el2, x1

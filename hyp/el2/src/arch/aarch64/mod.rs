@@ -7,9 +7,12 @@ use core::cell::UnsafeCell;
 
 global_asm!(include_str!("entry.S"));
 global_asm!(include_str!("vectors.S"));
+global_asm!(include_str!("switch.S"));
 
 mod stage1;
+mod world;
 pub use stage1::{enable_mmu, S1Attr, Stage1Builder};
+pub use world::run_guest;
 
 /// CPUs the hyp supports (entry.S checks secondaries against it).
 pub const MAX_CPUS: usize = 8;

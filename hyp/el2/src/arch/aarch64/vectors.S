@@ -55,6 +55,10 @@ trap_common:
     stp     x30, x2, [sp, #240]
     mrs     x2, spsr_el2
     str     x2, [sp, #256]
+    /* A trap while a guest runs on this CPU is a guest exit. */
+    mrs     x2, tpidr_el2
+    ldr     x3, [x2]
+    cbnz    x3, guest_exit
     /* x0 was saved at [sp]; x1 holds the vector kind. */
     mov     x0, sp
     bl      rust_trap

@@ -1,0 +1,237 @@
+//! Host <-> guest world switch: per-CPU save areas, EL1 system registers,
+//! the virtual timer and FP/SIMD, and the guest's HCR_EL2. The register file
+//! moves are in switch.S; this module decides what is saved when.
+
+use core::cell::UnsafeCell;
+
+use cloister_hyp_core::vm::{El1SysRegs, FpState, VcpuContext, VtimerState};
+
+use super::{isb, read_sysreg, write_sysreg, MAX_CPUS};
+
+/// Per-CPU EL2 data; TPIDR_EL2 points at this CPU's. The first fields are
+/// read by switch.S and vectors.S at fixed offsets.
+#[repr(C, align(1024))]
+pub struct PerCpu {
+    /// The running guest's context, or 0 when the host runs (offset 0).
+    guest_ctx: u64,
+    /// The EL2 stack pointer `guest_enter` returns with (offset 8).
+    host_sp: u64,
+    /// The host's callee-saved x19..x30 across `guest_enter` (offset 16).
+    host_callee: [u64; 12],
+    /// The host's EL1 state while a guest runs.
+    host: HostEl1,
+}
+
+/// What the host's EL1 owns and a guest would overwrite.
+#[repr(C)]
+struct HostEl1 {
+    sys: El1SysRegs,
+    sp_el1: u64,
+    elr_el1: u64,
+    spsr_el1: u64,
+    timer: VtimerState,
+    fp: FpState,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<PerCpu>() == 0x400,
+    "PERCPU_SIZE in entry.S"
+);
+const _: () = assert!(core::mem::offset_of!(PerCpu, guest_ctx) == 0);
+const _: () = assert!(core::mem::offset_of!(PerCpu, host_sp) == 8);
+const _: () = assert!(core::mem::offset_of!(PerCpu, host_callee) == 16);
+
+/// Every CPU's [`PerCpu`]; reached only through TPIDR_EL2, which entry.S
+/// points at this symbol's entries.
+#[allow(dead_code)]
+pub struct PerCpuArea(UnsafeCell<[PerCpu; MAX_CPUS]>);
+
+// SAFETY: each CPU only touches its own entry (found through TPIDR_EL2).
+unsafe impl Sync for PerCpuArea {}
+
+#[no_mangle]
+static HYP_PERCPU: PerCpuArea = PerCpuArea(UnsafeCell::new(
+    [const {
+        PerCpu {
+            guest_ctx: 0,
+            host_sp: 0,
+            host_callee: [0; 12],
+            host: HostEl1 {
+                sys: VcpuContext::ZERO.sys,
+                sp_el1: 0,
+                elr_el1: 0,
+                spsr_el1: 0,
+                timer: VcpuContext::ZERO.timer,
+                fp: VcpuContext::ZERO.fp,
+            },
+        }
+    }; MAX_CPUS],
+));
+
+extern "C" {
+    fn guest_enter(pcpu: *mut PerCpu, ctx: *mut VcpuContext) -> u64;
+    fn fp_save(fp: *mut FpState);
+    fn fp_restore(fp: *const FpState);
+}
+
+macro_rules! el1_regs {
+    ($m:ident, $s:expr) => {
+        $m!($s, sctlr_el1, "sctlr_el1");
+        $m!($s, ttbr0_el1, "ttbr0_el1");
+        $m!($s, ttbr1_el1, "ttbr1_el1");
+        $m!($s, tcr_el1, "tcr_el1");
+        $m!($s, mair_el1, "mair_el1");
+        $m!($s, amair_el1, "amair_el1");
+        $m!($s, vbar_el1, "vbar_el1");
+        $m!($s, contextidr_el1, "contextidr_el1");
+        $m!($s, tpidr_el0, "tpidr_el0");
+        $m!($s, tpidrro_el0, "tpidrro_el0");
+        $m!($s, tpidr_el1, "tpidr_el1");
+        $m!($s, sp_el0, "sp_el0");
+        $m!($s, esr_el1, "esr_el1");
+        $m!($s, far_el1, "far_el1");
+        $m!($s, afsr0_el1, "afsr0_el1");
+        $m!($s, afsr1_el1, "afsr1_el1");
+        $m!($s, par_el1, "par_el1");
+        $m!($s, cntkctl_el1, "cntkctl_el1");
+        $m!($s, cpacr_el1, "cpacr_el1");
+        $m!($s, csselr_el1, "csselr_el1");
+        $m!($s, mdscr_el1, "mdscr_el1");
+    };
+}
+
+macro_rules! save_one {
+    ($s:expr, $field:ident, $reg:literal) => {
+        $s.$field = read_sysreg!($reg)
+    };
+}
+
+macro_rules! restore_one {
+    ($s:expr, $field:ident, $reg:literal) => {
+        write_sysreg!($reg, $s.$field)
+    };
+}
+
+fn save_el1(sys: &mut El1SysRegs) {
+    el1_regs!(save_one, sys);
+}
+
+fn restore_el1(sys: &El1SysRegs) {
+    el1_regs!(restore_one, sys);
+}
+
+/// HCR_EL2 while a guest runs: stage-2 on; physical IRQ/FIQ/SError to EL2
+/// (the host handles its own interrupts); WFI, SMC and the IMPDEF, ACTLR and
+/// set/way operations trapped; EL1 is AArch64; pointer auth untrapped.
+const HCR_GUEST: u64 = (1 << 0) // VM
+    | (1 << 1) // SWIO
+    | (1 << 2) // PTW
+    | (1 << 3) // FMO
+    | (1 << 4) // IMO
+    | (1 << 5) // AMO
+    | (1 << 13) // TWI
+    | (1 << 19) // TSC
+    | (1 << 20) // TIDCP
+    | (1 << 21) // TACR
+    | (1 << 22) // TSW
+    | (1 << 31) // RW
+    | (1 << 40) // APK
+    | (1 << 41); // API
+
+/// What the guest did to come back to EL2.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestExit {
+    /// The vector it came through (8: synchronous, 9: IRQ, ...).
+    pub vector: u64,
+    /// ESR_EL2 at the exit.
+    pub esr: u64,
+    /// The faulting IPA (HPFAR_EL2 with FAR's page offset).
+    pub ipa: u64,
+}
+
+fn save_host(host: &mut HostEl1) {
+    save_el1(&mut host.sys);
+    host.sp_el1 = read_sysreg!("sp_el1");
+    host.elr_el1 = read_sysreg!("elr_el1");
+    host.spsr_el1 = read_sysreg!("spsr_el1");
+    host.timer.cntv_ctl_el0 = read_sysreg!("cntv_ctl_el0");
+    host.timer.cntv_cval_el0 = read_sysreg!("cntv_cval_el0");
+    // SAFETY: writes the register file into a save area we own.
+    unsafe { fp_save(&mut host.fp) };
+}
+
+fn restore_host(host: &HostEl1) {
+    restore_el1(&host.sys);
+    write_sysreg!("sp_el1", host.sp_el1);
+    write_sysreg!("elr_el1", host.elr_el1);
+    write_sysreg!("spsr_el1", host.spsr_el1);
+    write_sysreg!("cntv_cval_el0", host.timer.cntv_cval_el0);
+    write_sysreg!("cntv_ctl_el0", host.timer.cntv_ctl_el0);
+    // SAFETY: reads a save area we own into the register file.
+    unsafe { fp_restore(&host.fp) };
+}
+
+fn load_guest(guest: &VcpuContext) {
+    restore_el1(&guest.sys);
+    write_sysreg!("sp_el1", guest.sp_el1);
+    write_sysreg!("elr_el1", guest.elr_el1);
+    write_sysreg!("spsr_el1", guest.spsr_el1);
+    write_sysreg!("cntv_cval_el0", guest.timer.cntv_cval_el0);
+    write_sysreg!("cntv_ctl_el0", guest.timer.cntv_ctl_el0);
+    // SAFETY: reads the vCPU's saved FP state into the register file.
+    unsafe { fp_restore(&guest.fp) };
+}
+
+fn save_guest(guest: &mut VcpuContext) {
+    save_el1(&mut guest.sys);
+    guest.sp_el1 = read_sysreg!("sp_el1");
+    guest.elr_el1 = read_sysreg!("elr_el1");
+    guest.spsr_el1 = read_sysreg!("spsr_el1");
+    guest.timer.cntv_ctl_el0 = read_sysreg!("cntv_ctl_el0");
+    guest.timer.cntv_cval_el0 = read_sysreg!("cntv_cval_el0");
+    // SAFETY: writes the register file into the vCPU's context.
+    unsafe { fp_save(&mut guest.fp) };
+}
+
+/// Runs the guest whose context is `ctx` on this CPU until it exits.
+///
+/// # Safety
+/// `ctx` must be a loaded vCPU's context (nothing else reads or writes it
+/// until it is put), `vttbr` its VM's stage-2, and the caller must hold no
+/// lock the guest's exits will need.
+pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> GuestExit {
+    let pcpu = read_sysreg!("tpidr_el2") as usize as *mut PerCpu;
+    // SAFETY: TPIDR_EL2 points at this CPU's PerCpu (entry.S) and only this
+    // CPU uses it; `ctx` is ours alone per the contract.
+    let (host, guest) = unsafe { (&mut (*pcpu).host, &mut *ctx) };
+    save_host(host);
+    load_guest(guest);
+    let host_hcr = read_sysreg!("hcr_el2");
+    let host_vttbr = read_sysreg!("vttbr_el2");
+    let host_vmpidr = read_sysreg!("vmpidr_el2");
+    write_sysreg!("vmpidr_el2", vmpidr);
+    write_sysreg!("vttbr_el2", vttbr);
+    write_sysreg!("hcr_el2", HCR_GUEST);
+    isb();
+
+    // SAFETY: the guest context and per-CPU area are valid (above); the
+    // guest runs at EL1 under its stage-2 and comes back through the vectors.
+    let vector = unsafe { guest_enter(pcpu, ctx) };
+    let esr = read_sysreg!("esr_el2");
+    let far = read_sysreg!("far_el2");
+    let hpfar = read_sysreg!("hpfar_el2");
+
+    write_sysreg!("hcr_el2", host_hcr);
+    write_sysreg!("vttbr_el2", host_vttbr);
+    write_sysreg!("vmpidr_el2", host_vmpidr);
+    // SAFETY: as above; guest_enter has returned, so no one else writes it.
+    let (host, guest) = unsafe { (&mut (*pcpu).host, &mut *ctx) };
+    save_guest(guest);
+    restore_host(host);
+    isb();
+    GuestExit {
+        vector,
+        esr,
+        ipa: ((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff),
+    }
+}
