@@ -53,6 +53,18 @@ pub enum Expected {
     GuestX5,
     /// `guest_pages_reclaimed` = 1: teardown gave the page back.
     GuestPagesReclaimed,
+    /// `read_private` = SIGSEGV: the host cannot read a protected page.
+    ReadPrivate,
+    /// `read_shared` = secret: the same page once the guest shared it.
+    ReadShared,
+    /// `read_unshared` = SIGSEGV: and not after it unshared it.
+    ReadUnshared,
+    /// `pvm_exits`: share, unshare, system event, in that order.
+    PvmExits,
+    /// `pvm_pages_reclaimed` = 2.
+    PvmPagesReclaimed,
+    /// `after_reclaim` = zeroed: the secret is gone when the page returns.
+    AfterReclaim,
 }
 
 impl Expected {
@@ -74,6 +86,12 @@ impl Expected {
             Expected::GuestExit => "guest_exit",
             Expected::GuestX5 => "guest_x5",
             Expected::GuestPagesReclaimed => "guest_pages_reclaimed",
+            Expected::ReadPrivate => "read_private",
+            Expected::ReadShared => "read_shared",
+            Expected::ReadUnshared => "read_unshared",
+            Expected::PvmExits => "pvm_exits",
+            Expected::PvmPagesReclaimed => "pvm_pages_reclaimed",
+            Expected::AfterReclaim => "after_reclaim",
         }
     }
 
@@ -130,6 +148,18 @@ impl Expected {
             ),
             Expected::GuestX5 => "0x1234".to_owned(),
             Expected::GuestPagesReclaimed => "1".to_owned(),
+            Expected::ReadPrivate | Expected::ReadUnshared => "SIGSEGV".to_owned(),
+            Expected::ReadShared => "secret".to_owned(),
+            Expected::PvmExits => {
+                format!(
+                    "{},{},{}",
+                    abi::exit::MEM_SHARE,
+                    abi::exit::MEM_UNSHARE,
+                    abi::exit::SYSTEM_EVENT
+                )
+            }
+            Expected::PvmPagesReclaimed => "2".to_owned(),
+            Expected::AfterReclaim => "zeroed".to_owned(),
         }
     }
 }
@@ -186,9 +216,10 @@ impl DiskDamage {
                 "cloister: cannot read /cloister.img from virtio 0:1",
             ],
             // The GPT's partition 1 now ends past the disk: U-Boot drops it.
-            (DiskDamage::Truncated, PartitionTable::Gpt) => {
-                &["** Invalid partition 1 **", "Couldn't find partition virtio 0:1"]
-            }
+            (DiskDamage::Truncated, PartitionTable::Gpt) => &[
+                "** Invalid partition 1 **",
+                "Couldn't find partition virtio 0:1",
+            ],
             // An MBR is not checked against the disk size: the FAT reads run
             // off the end of the disk.
             (DiskDamage::Truncated, PartitionTable::Mbr) => &[
@@ -316,6 +347,19 @@ pub fn scenarios() -> Vec<Scenario> {
             "guest-run",
             "a normal VM runs its own code through the hyp and powers off; teardown returns its page",
             &[Expected::GuestExit, Expected::GuestX5, Expected::GuestPagesReclaimed],
+            true,
+        ),
+        agent(
+            "pvm-isolation",
+            "a protected VM's page: unreadable by the host, readable once shared, unreadable after unshare, zeroed on teardown",
+            &[
+                Expected::ReadPrivate,
+                Expected::ReadShared,
+                Expected::ReadUnshared,
+                Expected::PvmExits,
+                Expected::PvmPagesReclaimed,
+                Expected::AfterReclaim,
+            ],
             true,
         ),
         agent(

@@ -41,6 +41,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "runs a five-instruction normal VM through the hyp's VM calls; reports its exit",
     ),
     (
+        "pvm-isolation",
+        "a protected VM's private page is unreadable by the host until the guest shares it, and after it unshares it",
+    ),
+    (
         "vmm-no-device",
         "runs cloister-vmm against a missing device; reports its exit code",
     ),
@@ -155,6 +159,7 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "bad-hypercall" => with_carveout(bad_hypercalls),
         "vmm-no-device" => vmm_without_device(),
         "guest-run" => guest_run(),
+        "pvm-isolation" => pvm_isolation(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(
@@ -463,9 +468,133 @@ fn guest_run() -> Vec<Report> {
 /// One locked page of this process holding the guest code, and its frame.
 struct GuestPage {
     pfn: u64,
+    ptr: *mut u8,
+}
+
+/// The protected guest: MEM_SHARE its data page, MEM_UNSHARE it, power off.
+const PVM_CODE: [u32; 13] = [
+    0xd280_0060, // movz x0, #0x3
+    0xf2b8_c000, // movk x0, #0xc600, lsl #16   (MEM_SHARE 0xc6000003)
+    0xd282_0001, // movz x1, #0x1000
+    0xf2b0_0001, // movk x1, #0x8000, lsl #16   (IPA 0x80001000)
+    0xd400_0002, // hvc #0
+    0xd280_0080, // movz x0, #0x4
+    0xf2b8_c000, // movk x0, #0xc600, lsl #16   (MEM_UNSHARE 0xc6000004)
+    0xd282_0001, // movz x1, #0x1000
+    0xf2b0_0001, // movk x1, #0x8000, lsl #16
+    0xd400_0002, // hvc #0
+    0xd280_0100, // movz x0, #0x8
+    0xf2b0_8000, // movk x0, #0x8400, lsl #16   (SYSTEM_OFF)
+    0xd400_0002, // hvc #0
+];
+const PVM_SECRET: &[u8] = b"cloister-pvm-secret-5d1f";
+
+/// What a forked child saw reading `ptr`: the secret, other bytes, or the
+/// signal that killed it.
+fn child_reads(ptr: *const u8) -> String {
+    // SAFETY: the child only reads and exits; the agent is single-threaded.
+    match unsafe { libc::fork() } {
+        -1 => format!("fork failed: {}", io::Error::last_os_error()),
+        0 => {
+            let mut buf = [0u8; 24];
+            for (i, b) in buf.iter_mut().enumerate() {
+                // SAFETY: reading our own mapping; the hyp may refuse it,
+                // which is what is being tested.
+                *b = unsafe { ptr.add(i).read_volatile() };
+            }
+            // SAFETY: leaving the forked child at once.
+            unsafe { libc::_exit(if buf == PVM_SECRET[..24] { 0 } else { 1 }) }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            if libc::WIFSIGNALED(status) {
+                signal_name(libc::WTERMSIG(status))
+            } else if libc::WEXITSTATUS(status) == 0 {
+                "secret".into()
+            } else {
+                "other bytes".into()
+            }
+        }
+    }
+}
+
+fn pvm_isolation() -> Vec<Report> {
+    let (code, data) = match (guest_page_with(&PVM_CODE), guest_page_with(&[])) {
+        (Ok(c), Ok(d)) => (c, d),
+        (Err(e), _) | (_, Err(e)) => return vec![check("guest_page", false, e)],
+    };
+    for (i, b) in PVM_SECRET.iter().enumerate() {
+        // SAFETY: within the data page, before it is donated.
+        unsafe { data.ptr.add(i).write_volatile(*b) };
+    }
+    let run = || -> Result<Vec<Report>, String> {
+        let mut out = Vec::new();
+        let handle = hypercall_ok("0xc6000085 0x80000000")?;
+        hypercall_ok(&format!("0xc6000086 {handle:#x} 0 4"))?;
+        hypercall_ok(&format!(
+            "0xc6000087 {handle:#x} {:#x} {GUEST_IPA:#x} 1",
+            code.pfn
+        ))?;
+        hypercall_ok(&format!(
+            "0xc6000087 {handle:#x} {:#x} {:#x} 1",
+            data.pfn,
+            GUEST_IPA + 0x1000
+        ))?;
+        hypercall_ok(&format!("0xc600008a {handle:#x} 0 32 {GUEST_IPA:#x}"))?;
+        out.push(fact("read_private", child_reads(data.ptr)));
+        let mut exits = Vec::new();
+        for _ in 0..100 {
+            let e = hypercall_regs(&format!("0xc600008c {handle:#x} 0"))?;
+            if e[0] != 0 {
+                return Err(format!(
+                    "VCPU_RUN failed: {:#x} {:#x} {:#x} {:#x}",
+                    e[0], e[1], e[2], e[3]
+                ));
+            }
+            match e[1] {
+                0 => continue,
+                1 => out.push(fact("read_shared", child_reads(data.ptr))),
+                2 => out.push(fact("read_unshared", child_reads(data.ptr))),
+                _ => {}
+            }
+            exits.push(e[1].to_string());
+            if e[1] == 3 {
+                break;
+            }
+        }
+        out.push(fact("pvm_exits", exits.join(",")));
+        hypercall_ok(&format!("0xc600008d {handle:#x}"))?;
+        let reclaimed = hypercall_ok(&format!("0xc600008e {handle:#x}"))?;
+        out.push(fact("pvm_pages_reclaimed", reclaimed.to_string()));
+        let mut after = [0u8; 24];
+        for (i, b) in after.iter_mut().enumerate() {
+            // SAFETY: the page is the host's again after VM_RECLAIM.
+            *b = unsafe { data.ptr.add(i).read_volatile() };
+        }
+        let verdict = if after == PVM_SECRET[..24] {
+            "secret still there"
+        } else if after == [0; 24] {
+            "zeroed"
+        } else {
+            "other bytes"
+        };
+        out.push(fact("after_reclaim", verdict.into()));
+        out.push(host_alive());
+        Ok(out)
+    };
+    match run() {
+        Ok(r) => r,
+        Err(e) => vec![check("pvm_isolation", false, e)],
+    }
 }
 
 fn guest_page() -> Result<GuestPage, String> {
+    guest_page_with(&GUEST_CODE)
+}
+
+fn guest_page_with(code: &[u32]) -> Result<GuestPage, String> {
     // SAFETY: a fresh private anonymous page; we only write our own bytes.
     let ptr = unsafe {
         libc::mmap(
@@ -481,7 +610,7 @@ fn guest_page() -> Result<GuestPage, String> {
         return Err(format!("mmap: {}", io::Error::last_os_error()));
     }
     let words = ptr.cast::<u32>();
-    for (i, w) in GUEST_CODE.iter().enumerate() {
+    for (i, w) in code.iter().enumerate() {
         // SAFETY: within the page mapped above.
         unsafe { words.add(i).write_volatile(*w) };
     }
@@ -500,6 +629,7 @@ fn guest_page() -> Result<GuestPage, String> {
     }
     Ok(GuestPage {
         pfn: entry & ((1 << 55) - 1),
+        ptr: ptr.cast::<u8>(),
     })
 }
 
