@@ -344,25 +344,12 @@ const DEBUGFS_HYPERCALL: &str = "/sys/kernel/debug/cloister/hypercall";
 
 /// One raw hypercall through the host driver's debugfs hook; returns "x0 x1".
 fn hypercall(line: &str) -> Result<String, String> {
-    fs::write(DEBUGFS_HYPERCALL, line).map_err(|e| format!("writing {line:?}: {e}"))?;
-    let out = fs::read_to_string(DEBUGFS_HYPERCALL).map_err(|e| format!("reading result: {e}"))?;
-    let regs: Vec<u64> = out
-        .split_whitespace()
-        .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
-        .collect();
-    match regs.as_slice() {
-        [x0, x1, ..] => Ok(format!("{x0:#x} {x1:#x}")),
-        _ => Err(format!("unexpected result {out:?}")),
-    }
+    hypercall_regs(line).map(|r| format!("{:#x} {:#x}", r[0], r[1]))
 }
 
 /// Malformed host hypercalls and one the host may not make; each must get
 /// its defined error and change nothing (the hyp page stays the hyp's).
 fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
-    if !Path::new(DEBUGFS_HYPERCALL).exists() {
-        let _ = fs::create_dir_all("/sys/kernel/debug");
-        mount("debugfs", "/sys/kernel/debug");
-    }
     let hyp_pfn = hyp_pa >> 12;
     let cases = [
         ("hc_unknown_function", "0xc60000bf".to_owned()),
