@@ -155,8 +155,11 @@ fn time_to_agent(
         trace: None,
         smp: None,
     };
+    // A disk-booted stack gets the agent's command line in a copy of its
+    // disk image, written before the clock starts.
+    let paths = qemu::prepare_boot(stack, paths, &opts, work)?;
     let mut cmd = Command::new(qemu_path);
-    cmd.args(qemu::args(stack, paths, &opts))
+    cmd.args(qemu::args(stack, &paths, &opts))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

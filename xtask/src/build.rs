@@ -11,7 +11,7 @@ use crate::cache::{self, short, KeyBuilder, Stamp};
 use crate::manifest::{self, Item, Manifest};
 use crate::stack::{self, Stack};
 use crate::stage::{run_stage, Outcome};
-use crate::{deps, initramfs, kernel, pins};
+use crate::{deps, disk, initramfs, kernel, pins, qemu};
 
 /// `cargo xtask build-image [STACK] [--clean]`
 #[derive(Debug, clap::Args)]
@@ -191,6 +191,20 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         Vec::new()
     };
 
+    // The board disk image: cloister.img, its boot script and uEnv.txt in a
+    // FAT boot partition (disk.enabled needs the hyp, checked by stack::load).
+    let disk_outputs = if stack.file.disk.enabled {
+        let (disk_img, boot_scr) = run_stage(&logs, "disk-image", |stage| {
+            disk::build_stage(stage, &stack, &out, &cloister_img, &stamps)
+        })?;
+        vec![
+            Item::file(qemu::DISK_OUTPUT, &disk_img, None)?,
+            Item::file("boot-script", &boot_scr, None)?,
+        ]
+    } else {
+        Vec::new()
+    };
+
     let busybox_version = deb_version(&busybox_deb);
     let mut inputs = vec![
         Item::file_with_hash(
@@ -202,6 +216,10 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         Item::file("stack", &stack.path, None)?,
         Item::file("busybox-static-arm64", &busybox_deb, busybox_version)?,
     ];
+    inputs.extend(qemu::firmware_input(&stack)?);
+    if let Some(dtb) = &stack.dtb_path {
+        inputs.push(Item::file("board-dtb", dtb, None)?);
+    }
     for f in &stack.fragment_paths {
         inputs.push(Item::file("kernel-fragment", f, None)?);
     }
@@ -231,7 +249,16 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
                 "qemu-system-aarch64",
                 manifest::tool_version("qemu-system-aarch64"),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            stack
+                .file
+                .disk
+                .enabled
+                .then(|| Item::tool("mkimage", manifest::tool_version("mkimage"))),
+        )
+        .collect(),
         inputs,
         outputs: vec![
             Item::file("host-kernel", &image, Some(kernel_build.release.clone()))?,
@@ -247,6 +274,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         ]
         .into_iter()
         .chain(hyp_outputs)
+        .chain(disk_outputs)
         .collect(),
         kernel_release: kernel_build.release.clone(),
     };

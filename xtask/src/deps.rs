@@ -28,6 +28,18 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "dpkg-dev",
         "apt-get download / dpkg-deb for the arm64 busybox",
     ),
+    (
+        "u-boot-tools",
+        "mkimage wraps the disk image's U-Boot boot script",
+    ),
+    (
+        "u-boot-qemu",
+        "U-Boot for qemu_arm64: the firmware of the qemu-uboot stack",
+    ),
+    (
+        "lava-common",
+        "LAVA's job schema: the xtask unit tests validate the generated LAVA jobs",
+    ),
 ];
 
 /// The arm64 busybox the initramfs is made of.
@@ -212,6 +224,33 @@ pub fn busybox(stage: &mut Stage, cache_dir: &Path) -> Result<((PathBuf, PathBuf
     Ok(((binary, deb), outcome))
 }
 
+/// The Debian package that installed `path` and its version
+/// (`dpkg-query -S`, then `-W`); None for files dpkg does not know.
+pub fn owning_package(path: &Path) -> Option<(String, String)> {
+    let out = Command::new("dpkg-query")
+        .arg("-S")
+        .arg(path)
+        .output()
+        .ok()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    // `u-boot-qemu: /usr/lib/u-boot/qemu_arm64/u-boot.bin`
+    let package = listing
+        .lines()
+        .next()?
+        .split_once(": ")?
+        .0
+        .split(", ")
+        .next()?
+        .to_owned();
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}"])
+        .arg(&package)
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !version.is_empty()).then_some((package, version))
+}
+
 /// Finds `program` on `path_var` (a PATH-style list).
 pub fn find_on_path(program: &str, path_var: &str) -> Option<PathBuf> {
     std::env::split_paths(path_var)
@@ -236,6 +275,21 @@ mod tests {
         assert_eq!(
             hint,
             "apt-get update && apt-get install -y --no-install-recommends bison flex"
+        );
+    }
+
+    #[test]
+    fn owning_package_names_the_package_and_its_version() {
+        // dpkg ships dpkg-query on every Debian machine.
+        let (package, version) = owning_package(Path::new("/usr/bin/dpkg-query")).unwrap();
+        assert_eq!(package, "dpkg");
+        assert!(
+            version.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "{version}"
+        );
+        assert_eq!(
+            owning_package(Path::new("/nonexistent/cloister-file")),
+            None
         );
     }
 

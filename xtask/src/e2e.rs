@@ -68,7 +68,7 @@ pub enum Expected {
 }
 
 impl Expected {
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             Expected::KernelRelease => "kernel_release",
             Expected::EntryEl => "entry_el",
@@ -97,7 +97,7 @@ impl Expected {
 
     /// The expected value. Hypercall results come from the hyp core's own
     /// error encoders, so the test and the hyp share one definition.
-    fn value(self, exp: &Expectations) -> String {
+    pub fn value(self, exp: &Expectations) -> String {
         use cloister_hyp_core::abi::{self, ret};
         use cloister_hyp_core::addr::Pfn;
         use cloister_hyp_core::hypercall::DecodeError;
@@ -278,6 +278,15 @@ pub fn scenarios() -> Vec<Scenario> {
         needs_hyp: true,
         smp: None,
     };
+    // Only stacks that boot the disk image through U-Boot run these.
+    let broken_disk = |name: &'static str, what: &'static str, damage: DiskDamage| Scenario {
+        name,
+        what,
+        kind: Kind::BrokenDisk(damage),
+        timeout: Duration::from_secs(60),
+        needs_hyp: true,
+        smp: None,
+    };
     vec![
         agent(
             "boot",
@@ -383,20 +392,18 @@ pub fn scenarios() -> Vec<Scenario> {
             "the hyp refuses an image cut short",
             Damage::Truncated,
         ),
-        Scenario {
-            name: "disk-corrupt-fat",
-            what: "U-Boot names the file it cannot read from a boot partition whose FAT is zeroed, \
-                   and boots nothing",
-            kind: Kind::BrokenDisk(DiskDamage::ZeroedFat),
-            ..damaged("", "", Damage::BadMagic)
-        },
-        Scenario {
-            name: "disk-truncated",
-            what: "U-Boot refuses a disk image cut inside its boot partition, says why, \
-                   and boots nothing",
-            kind: Kind::BrokenDisk(DiskDamage::Truncated),
-            ..damaged("", "", Damage::BadMagic)
-        },
+        broken_disk(
+            "disk-corrupt-fat",
+            "U-Boot names the file it cannot read from a boot partition whose FAT is zeroed, \
+             and boots nothing",
+            DiskDamage::ZeroedFat,
+        ),
+        broken_disk(
+            "disk-truncated",
+            "U-Boot refuses a disk image cut inside its boot partition, says why, \
+             and boots nothing",
+            DiskDamage::Truncated,
+        ),
         Scenario {
             name: "demo-shell",
             what: "the demo boots to a busybox prompt and `poweroff` exits QEMU with status 0",
@@ -1099,5 +1106,152 @@ mod tests {
     fn scenario_names_are_unique() {
         let names: std::collections::BTreeSet<&str> = scenarios().iter().map(|s| s.name).collect();
         assert_eq!(names.len(), scenarios().len());
+    }
+
+    fn broken_disk_scenario(timeout: Duration) -> Scenario {
+        Scenario {
+            timeout,
+            ..scenarios()
+                .into_iter()
+                .find(|s| s.name == "disk-truncated")
+                .unwrap()
+        }
+    }
+
+    /// A QEMU stand-in that prints `console` to the console file and hangs,
+    /// as U-Boot does at its prompt.
+    fn fake_uboot(files: &ScenarioFiles, console: &str) -> Command {
+        let text = files.console.with_extension("src");
+        std::fs::write(&text, console).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "cat {} > {}; exec sleep 60",
+            text.display(),
+            files.console.display()
+        ));
+        cmd
+    }
+
+    const GAVE_UP: &str = "Scanning virtio 0:1...\n** Invalid partition 1 **\n\
+                           Couldn't find partition virtio 0:1\nNo ethernet found.\n=> ";
+
+    #[test]
+    fn broken_disk_passes_when_uboot_names_the_damage_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ScenarioFiles::new(dir.path()).unwrap();
+        let scenario = broken_disk_scenario(Duration::from_secs(20));
+        let expected = DiskDamage::Truncated.expected_messages(PartitionTable::Gpt);
+        let started = Instant::now();
+        let verdict =
+            run_broken_disk(&scenario, fake_uboot(&files, GAVE_UP), &files, expected).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "U-Boot's prompt must end the scenario, not the timeout"
+        );
+    }
+
+    #[test]
+    fn broken_disk_fails_on_a_kernel_a_missing_message_or_no_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        // Fresh files per case, as the runner makes them per scenario.
+        let files = |case: &str| ScenarioFiles::new(&dir.path().join(case)).unwrap();
+        let scenario = broken_disk_scenario(Duration::from_secs(20));
+        let expected = DiskDamage::Truncated.expected_messages(PartitionTable::Gpt);
+
+        let booted = GAVE_UP.replace("No ethernet", "Starting kernel ...\nNo ethernet");
+        let f = files("booted");
+        match run_broken_disk(&scenario, fake_uboot(&f, &booted), &f, expected).unwrap() {
+            Verdict::Fail(why) => {
+                assert!(
+                    why.contains("U-Boot started a kernel from a damaged disk"),
+                    "{why}"
+                );
+            }
+            other => panic!("a booted kernel must fail, got {other:?}"),
+        }
+
+        let silent = GAVE_UP.replace("** Invalid partition 1 **\n", "");
+        let f = files("silent");
+        match run_broken_disk(&scenario, fake_uboot(&f, &silent), &f, expected).unwrap() {
+            Verdict::Fail(why) => {
+                assert!(
+                    why.contains("U-Boot stopped at its prompt, but the console lacks \"** Invalid partition 1 **\""),
+                    "{why}"
+                );
+                assert!(why.contains("console tail"), "{why}");
+            }
+            other => panic!("a missing message must fail, got {other:?}"),
+        }
+
+        let hung = broken_disk_scenario(Duration::from_millis(600));
+        let no_prompt = GAVE_UP.replace("=> ", "");
+        let f = files("hung");
+        match run_broken_disk(&hung, fake_uboot(&f, &no_prompt), &f, expected).unwrap() {
+            Verdict::Fail(why) => {
+                assert!(
+                    why.contains("U-Boot did not reach its prompt within 0s"),
+                    "{why}"
+                );
+            }
+            other => panic!("no prompt must time out, got {other:?}"),
+        }
+
+        let f = files("exits");
+        let mut exits = Command::new("sh");
+        exits.arg("-c").arg(format!(
+            "echo '** Invalid partition 1 **' > {}; exit 3",
+            f.console.display()
+        ));
+        match run_broken_disk(&scenario, exits, &f, &expected[..1]).unwrap() {
+            Verdict::Fail(why) => {
+                assert!(
+                    why.contains("QEMU exited with exit status: 3 before U-Boot gave up"),
+                    "{why}"
+                );
+            }
+            other => panic!("QEMU exiting early must fail, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn disk_damage_breaks_the_image_as_its_messages_say() {
+        use crate::disk;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = disk::Layout {
+            table: PartitionTable::Gpt,
+            boot_size_mib: 8,
+            id: "t".into(),
+        };
+        let files = [
+            disk::BootFile::new(disk::BOOT_ENV, disk::uenv("x").unwrap()),
+            disk::BootFile::new(disk::BOOT_IMAGE, vec![7u8; 3 << 20]),
+        ];
+        let img = dir.path().join("fat.img");
+        disk::write(&img, &layout, &files).unwrap();
+        DiskDamage::ZeroedFat.apply(&img).unwrap();
+        assert_eq!(
+            disk::read_boot_file(&img, disk::BOOT_ENV).unwrap(),
+            b"bootargs=x\n"
+        );
+        assert!(
+            disk::read_boot_file(&img, disk::BOOT_IMAGE).map_or(true, |d| d != vec![7u8; 3 << 20])
+        );
+
+        let img = dir.path().join("cut.img");
+        disk::write(&img, &layout, &files).unwrap();
+        DiskDamage::Truncated.apply(&img).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 2 << 20);
+        let err = disk::boot_partition(&img).unwrap_err().to_string();
+        assert!(err.contains("past the end"), "{err}");
+
+        // U-Boot checks a GPT against the disk size, not an MBR.
+        let gpt = DiskDamage::Truncated.expected_messages(PartitionTable::Gpt);
+        let mbr = DiskDamage::Truncated.expected_messages(PartitionTable::Mbr);
+        assert!(gpt.contains(&"** Invalid partition 1 **"), "{gpt:?}");
+        assert!(
+            mbr.contains(&"** Unable to read file /cloister.img **"),
+            "{mbr:?}"
+        );
     }
 }

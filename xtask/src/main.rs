@@ -9,9 +9,12 @@ mod build;
 mod cache;
 mod codegen;
 mod deps;
+mod disk;
 mod e2e;
+mod flash;
 mod initramfs;
 mod kernel;
+mod lava;
 mod manifest;
 mod pins;
 mod qemu;
@@ -42,6 +45,10 @@ enum Xtask {
     Bench(bench::Bench),
     /// Regenerate files derived from the Rust ABI definitions (`--check` to verify).
     Codegen(codegen::Codegen),
+    /// Write a stack's disk image to an SD card or USB disk, then verify it.
+    Flash(flash::Flash),
+    /// Write LAVA job definitions that run the e2e scenarios (`--run` runs them).
+    Lava(lava::Lava),
 }
 
 fn main() {
@@ -52,6 +59,8 @@ fn main() {
         Xtask::Inspect(cmd) => cmd.run(),
         Xtask::Bench(cmd) => cmd.run(),
         Xtask::Codegen(cmd) => cmd.run(),
+        Xtask::Flash(cmd) => cmd.run(),
+        Xtask::Lava(cmd) => cmd.run(),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -60,10 +60,24 @@ impl Run {
         } else {
             qemu::binary()?
         };
+        // On a disk boot --append reaches the kernel through a per-boot copy
+        // of the disk image (its uEnv.txt): -append cannot.
+        let paths = if self.dry_run {
+            paths
+        } else {
+            qemu::prepare_boot(&stack, &paths, &opts, &stack_dir.join("boot"))?
+        };
         let mut cmd = Command::new(&qemu_path);
         cmd.args(qemu::args(&stack, &paths, &opts));
         if self.dry_run {
             println!("{}", display_command(&cmd));
+            if paths.firmware.is_some() && !self.append.is_empty() {
+                eprintln!(
+                    "note: a real run boots a copy of the disk image, {}, whose uEnv.txt \
+                     carries the --append words",
+                    stack_dir.join("boot").join(qemu::PER_BOOT_DISK).display()
+                );
+            }
             return Ok(());
         }
         let manifest = Manifest::load(&build::manifest_path(&self.stack))?;
@@ -75,10 +89,16 @@ impl Run {
             );
             if let Ok(hyp) = manifest.output("hyp-elf") {
                 // The hyp is a PIE linked at 0; QEMU virt loads -kernel
-                // images at RAM + 2 MiB.
+                // images at RAM + 2 MiB, U-Boot's boot script at its
+                // kernel_addr_r (RAM + 4 MiB; booti leaves it there).
+                let (loader, base) = if paths.firmware.is_some() {
+                    ("U-Boot's booti", "0x40400000")
+                } else {
+                    ("QEMU virt", "0x40200000")
+                };
                 println!(
-                    "  hyp symbols (QEMU virt loads it at 0x40200000):\n    -ex {}",
-                    shell_quote(&format!("add-symbol-file {} -o 0x40200000", hyp.display()))
+                    "  hyp symbols ({loader} loads it at {base}):\n    -ex {}",
+                    shell_quote(&format!("add-symbol-file {} -o {base}", hyp.display()))
                 );
             }
         }

@@ -22,6 +22,9 @@ pub struct StackFile {
     #[serde(default)]
     pub hyp: HypSection,
     pub qemu: QemuSection,
+    /// The partitioned disk image for U-Boot (boards, `qemu.boot = "disk"`).
+    #[serde(default)]
+    pub disk: DiskSection,
     pub expect: ExpectSection,
 }
 
@@ -61,6 +64,63 @@ pub struct QemuSection {
     /// Extra arguments appended to every QEMU command line.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// What QEMU boots: `-kernel` (the default) or the disk image through
+    /// the firmware.
+    #[serde(default)]
+    pub boot: BootMethod,
+    /// `-bios` value: absolute path of the firmware (only with `boot = "disk"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
+}
+
+/// How QEMU starts the stack.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMethod {
+    /// `-kernel cloister.img` (or the host Image and `-initrd`), `-append`.
+    #[default]
+    Kernel,
+    /// `-bios <firmware>` and the disk image on virtio-blk: the firmware
+    /// (U-Boot) finds the boot partition and boots what it holds.
+    Disk,
+}
+
+/// The partitioned disk image `build-image` writes for boards.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct DiskSection {
+    /// Whether `build-image` writes `cloister-<stack>.img`.
+    pub enabled: bool,
+    /// `gpt` or `mbr`: whichever the board's boot ROM and U-Boot read.
+    pub partition_table: PartitionTable,
+    /// Size of the FAT boot partition in MiB: 8..=4096.
+    pub boot_size_mib: u32,
+    /// A board DTB (path relative to the repository root) copied into the
+    /// boot partition and passed to the hyp instead of the firmware's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtb: Option<String>,
+}
+
+impl Default for DiskSection {
+    fn default() -> Self {
+        DiskSection {
+            enabled: false,
+            partition_table: PartitionTable::Gpt,
+            boot_size_mib: 64,
+            dtb: None,
+        }
+    }
+}
+
+/// The disk image's partition table.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionTable {
+    /// GUID partition table (protective MBR, primary and backup headers).
+    #[default]
+    Gpt,
+    /// DOS partition table: one primary partition marked active.
+    Mbr,
 }
 
 /// What the e2e scenarios must observe on this stack.
@@ -81,6 +141,8 @@ pub struct Stack {
     pub fragment_paths: Vec<PathBuf>,
     /// Absolute path of the patch series directory.
     pub patch_dir: PathBuf,
+    /// Absolute path of `disk.dtb`, if the stack names one.
+    pub dtb_path: Option<PathBuf>,
 }
 
 /// Names of the stacks in `root/stacks/`, sorted.
@@ -136,6 +198,7 @@ pub fn load(root: &Path, name: &str) -> Result<Stack> {
             file.expect.entry_el
         );
     }
+    let dtb_path = check_boot_keys(root, &file).map_err(|e| anyhow::anyhow!("{display}: {e}"))?;
     let config_dir = root.join("kernel-config");
     let mut fragment_paths = Vec::new();
     for (i, fragment) in file.kernel.fragments.iter().enumerate() {
@@ -163,7 +226,65 @@ pub fn load(root: &Path, name: &str) -> Result<Stack> {
         file,
         fragment_paths,
         patch_dir,
+        dtb_path,
     })
+}
+
+/// Checks the `[disk]` section and `qemu.boot` / `qemu.firmware` against each
+/// other; returns the resolved `disk.dtb`. The firmware file itself is looked
+/// for at build time, once the Debian packages are installed.
+fn check_boot_keys(root: &Path, file: &StackFile) -> Result<Option<PathBuf>> {
+    let disk = &file.disk;
+    let q = &file.qemu;
+    if !(8..=4096).contains(&disk.boot_size_mib) {
+        bail!(
+            "key `disk.boot-size-mib`: expected 8..=4096 MiB, found {}",
+            disk.boot_size_mib
+        );
+    }
+    if disk.enabled && !file.hyp.enabled {
+        bail!(
+            "key `disk.enabled`: the disk image boots cloister.img, which needs \
+             `hyp.enabled = true`"
+        );
+    }
+    let dtb_path = match &disk.dtb {
+        None => None,
+        Some(_) if !disk.enabled => {
+            bail!("key `disk.dtb`: only used with `disk.enabled = true`")
+        }
+        Some(dtb) => {
+            let path = root.join(dtb);
+            let name = Path::new(dtb).file_name().and_then(|n| n.to_str());
+            if !name.is_some_and(|n| n.ends_with(".dtb")) || !path.is_file() {
+                bail!(
+                    "key `disk.dtb`: expected a .dtb file relative to the repository root, \
+                     {} is not one",
+                    path.display()
+                );
+            }
+            Some(path)
+        }
+    };
+    match (q.boot, &q.firmware) {
+        (BootMethod::Disk, _) if !disk.enabled => bail!(
+            "key `qemu.boot`: \"disk\" boots the disk image, which needs `disk.enabled = true`"
+        ),
+        (BootMethod::Disk, None) => bail!(
+            "key `qemu.firmware`: `qemu.boot = \"disk\"` needs the firmware that reads the \
+             disk, e.g. \"/usr/lib/u-boot/qemu_arm64/u-boot.bin\" (Debian's u-boot-qemu)"
+        ),
+        (BootMethod::Kernel, Some(_)) => bail!(
+            "key `qemu.firmware`: only used with `qemu.boot = \"disk\"` (QEMU boots the \
+             kernel itself otherwise)"
+        ),
+        (_, Some(fw)) if !fw.is_absolute() => bail!(
+            "key `qemu.firmware`: expected an absolute path, found {}",
+            fw.display()
+        ),
+        _ => {}
+    }
+    Ok(dtb_path)
 }
 
 /// Parses a stack file. The error is `line:col: key `a.b`: reason`, ready to
@@ -338,6 +459,163 @@ entry-el = 2
         let dir = tree(&GOOD.replace("entry-el = 2", "entry-el = 3"));
         let err = load(dir.path(), "s").unwrap_err().to_string();
         assert!(err.contains("`expect.entry-el`"), "{err}");
+    }
+
+    /// GOOD turned into a U-Boot disk-boot stack, with `extra` in `[disk]`.
+    fn disk_stack(extra: &str) -> String {
+        GOOD.replace(
+            "memory-mib = 512\n",
+            "memory-mib = 512\nboot = \"disk\"\nfirmware = \"/usr/lib/u-boot/qemu_arm64/u-boot.bin\"\n",
+        )
+        .replace(
+            "[expect]",
+            &format!("[hyp]\nenabled = true\n[disk]\nenabled = true\n{extra}\n[expect]"),
+        )
+    }
+
+    #[test]
+    fn disk_section_defaults_and_a_disk_boot_stack_loads() {
+        let stack = load(tree(GOOD).path(), "s").unwrap();
+        assert_eq!(stack.file.disk, DiskSection::default());
+        assert!(!stack.file.disk.enabled);
+        assert_eq!(stack.file.disk.partition_table, PartitionTable::Gpt);
+        assert_eq!(stack.file.disk.boot_size_mib, 64);
+        assert_eq!(stack.file.qemu.boot, BootMethod::Kernel);
+        assert_eq!(stack.file.qemu.firmware, None);
+
+        let dir = tree(&disk_stack("partition-table = \"mbr\"\nboot-size-mib = 32"));
+        let stack = load(dir.path(), "s").unwrap();
+        assert_eq!(stack.file.qemu.boot, BootMethod::Disk);
+        assert_eq!(
+            stack.file.qemu.firmware.as_deref(),
+            Some(Path::new("/usr/lib/u-boot/qemu_arm64/u-boot.bin"))
+        );
+        assert_eq!(stack.file.disk.partition_table, PartitionTable::Mbr);
+        assert_eq!(stack.file.disk.boot_size_mib, 32);
+        assert_eq!(stack.dtb_path, None);
+        let resolved = render_resolved(&stack).unwrap();
+        assert!(resolved.contains("boot = \"disk\""), "{resolved}");
+        assert!(resolved.contains("partition-table = \"mbr\""), "{resolved}");
+        // The resolved stack parses back to the same description.
+        let body: String = resolved
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(parse(&body).unwrap(), stack.file);
+    }
+
+    #[test]
+    fn bad_disk_values_name_the_key_and_what_was_expected() {
+        let dir = tree(&disk_stack("partition-table = \"apm\""));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(err.contains("key `disk.partition-table`"), "{err}");
+        assert!(
+            err.contains("unknown variant `apm`, expected `gpt` or `mbr`"),
+            "{err}"
+        );
+
+        let dir = tree(&disk_stack("boot-size-mib = 4"));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("stacks/s.toml: key `disk.boot-size-mib`: expected 8..=4096 MiB, found 4"),
+            "{err}"
+        );
+
+        let dir = tree(&disk_stack("boot-size-mib = \"big\""));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.boot-size-mib`") && err.contains("expected u32"),
+            "{err}"
+        );
+
+        let dir = tree(&disk_stack("size = 3"));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown field `size`") && err.contains("boot-size-mib"),
+            "{err}"
+        );
+
+        let dir = tree(&GOOD.replace("memory-mib = 512\n", "memory-mib = 512\nboot = \"pxe\"\n"));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(err.contains("key `qemu.boot`"), "{err}");
+        assert!(err.contains("expected `kernel` or `disk`"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_boot_keys_are_refused() {
+        let with = |from: &str, to: &str| {
+            let dir = tree(&disk_stack("").replace(from, to));
+            load(dir.path(), "s").unwrap_err().to_string()
+        };
+        let err = with("[disk]\nenabled = true", "[disk]\nenabled = false");
+        assert!(
+            err.contains(
+                "key `qemu.boot`: \"disk\" boots the disk image, which needs `disk.enabled = true`"
+            ),
+            "{err}"
+        );
+        let err = with("firmware = \"/usr/lib/u-boot/qemu_arm64/u-boot.bin\"\n", "");
+        assert!(
+            err.contains("key `qemu.firmware`: `qemu.boot = \"disk\"` needs the firmware"),
+            "{err}"
+        );
+        let err = with("boot = \"disk\"", "boot = \"kernel\"");
+        assert!(
+            err.contains("key `qemu.firmware`: only used with `qemu.boot = \"disk\"`"),
+            "{err}"
+        );
+        let err = with("/usr/lib/u-boot/qemu_arm64/u-boot.bin", "u-boot.bin");
+        assert!(
+            err.contains("key `qemu.firmware`: expected an absolute path, found u-boot.bin"),
+            "{err}"
+        );
+        let err = with("[hyp]\nenabled = true", "[hyp]\nenabled = false");
+        assert!(
+            err.contains("key `disk.enabled`: the disk image boots cloister.img"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn disk_dtb_must_be_a_dtb_file_in_the_repository() {
+        let dir = tree(&disk_stack("dtb = \"boards/x.dtb\""));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.dtb`: expected a .dtb file"),
+            "{err}"
+        );
+        assert!(err.contains("boards/x.dtb is not one"), "{err}");
+
+        std::fs::create_dir_all(dir.path().join("boards")).unwrap();
+        std::fs::write(dir.path().join("boards/x.dtb"), [0xd0, 0x0d, 0xfe, 0xed]).unwrap();
+        let stack = load(dir.path(), "s").unwrap();
+        assert_eq!(stack.dtb_path, Some(dir.path().join("boards/x.dtb")));
+
+        std::fs::write(dir.path().join("boards/x.dts"), "/dts-v1/;").unwrap();
+        std::fs::write(
+            dir.path().join("stacks/s.toml"),
+            disk_stack("dtb = \"boards/x.dts\""),
+        )
+        .unwrap();
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.dtb`: expected a .dtb file"),
+            "{err}"
+        );
+
+        let text = disk_stack("dtb = \"boards/x.dtb\"")
+            .replace("[disk]\nenabled = true", "[disk]\nenabled = false");
+        let text = text.replace(
+            "boot = \"disk\"\nfirmware = \"/usr/lib/u-boot/qemu_arm64/u-boot.bin\"\n",
+            "",
+        );
+        std::fs::write(dir.path().join("stacks/s.toml"), text).unwrap();
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.dtb`: only used with `disk.enabled = true`"),
+            "{err}"
+        );
     }
 
     #[test]

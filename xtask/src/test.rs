@@ -14,7 +14,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use crate::e2e::{self, Expectations, Kind, ScenarioFiles, Verdict, INTERRUPTED};
 use crate::qemu::{self, ArtifactPaths, BootOptions, Console};
 use crate::stage::Stage;
-use crate::{build, stack};
+use crate::{build, disk, stack};
 
 /// `cargo xtask test [--stack S] [--filter PATTERN] [--no-gates]`
 #[derive(Debug, clap::Args)]
@@ -43,8 +43,16 @@ struct Outcome {
 }
 
 /// Stacks `cargo xtask test` covers by default: the default stack (under the
-/// hypervisor) and the same kernel booted directly, as the baseline.
-const TEST_STACKS: [&str; 2] = [crate::DEFAULT_STACK, crate::bench::DIRECT_STACK];
+/// hypervisor), the same kernel booted directly, as the baseline, and the
+/// board boot path (a real U-Boot booting the disk image; ~3 s a boot).
+const TEST_STACKS: [&str; 3] = [
+    crate::DEFAULT_STACK,
+    crate::bench::DIRECT_STACK,
+    UBOOT_STACK,
+];
+
+/// The stack a real U-Boot boots from the disk image (stacks/qemu-uboot.toml).
+const UBOOT_STACK: &str = "qemu-uboot";
 
 /// The gates: each a cargo command that must succeed.
 const GATES: &[(&str, &[&str])] = &[
@@ -176,8 +184,13 @@ impl Test {
                     (_, Err(e)) => Verdict::Fail(format!("{e:#}")),
                     (Some(m), Ok(qemu_path)) => {
                         let dir = results_dir.join(&stack.name).join(scenario.name);
-                        run_scenario(stack, m, qemu_path, scenario, &dir)
-                            .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")))
+                        let verdict = run_scenario(stack, m, qemu_path, scenario, &dir)
+                            .unwrap_or_else(|e| Verdict::Fail(format!("{e:#}")));
+                        // A per-boot disk copy is kept only to debug a failure.
+                        if !matches!(verdict, Verdict::Fail(_)) {
+                            let _ = std::fs::remove_file(dir.join(qemu::PER_BOOT_DISK));
+                        }
+                        verdict
                     }
                 };
                 outcomes.push(tap.record("e2e", name, verdict, started.elapsed()));
@@ -268,6 +281,9 @@ fn run_scenario(
                 trace: None,
                 smp: scenario.smp,
             };
+            // A disk boot carries the scenario's command line in a per-boot
+            // copy of the disk image (uEnv.txt); -append cannot reach it.
+            let paths = qemu::prepare_boot(stack, &paths, &opts, dir)?;
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
             e2e::run_agent_scenario(scenario, agent_scenario, facts, cmd, &files, &exp)
@@ -281,6 +297,7 @@ fn run_scenario(
                 trace: None,
                 smp: scenario.smp,
             };
+            let paths = qemu::prepare_boot(stack, &paths, &opts, dir)?;
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
             e2e::run_demo_shell(scenario, cmd, &files)
@@ -296,13 +313,45 @@ fn run_scenario(
                 trace: None,
                 smp: scenario.smp,
             };
-            let damaged_paths = ArtifactPaths {
-                kernel: damaged,
-                ..paths.clone()
+            let damaged_paths = if paths.firmware.is_some() {
+                // Through U-Boot: the damaged image replaces cloister.img in
+                // a per-boot copy of the disk.
+                let bytes = std::fs::read(&damaged)
+                    .with_context(|| format!("reading {}", damaged.display()))?;
+                let file = disk::BootFile::new(disk::BOOT_IMAGE, bytes);
+                qemu::private_disk(stack, &paths, &opts, dir, &[file])?
+            } else {
+                ArtifactPaths {
+                    kernel: damaged,
+                    ..paths.clone()
+                }
             };
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &damaged_paths, &opts));
             e2e::run_damaged_image(scenario, cmd, &files, &expected)
+        }
+        Kind::BrokenDisk(damage) => {
+            if paths.firmware.is_none() {
+                return Ok(Verdict::Skip(
+                    "boots a damaged disk image through U-Boot (qemu.boot = \"kernel\" on this \
+                     stack)"
+                        .into(),
+                ));
+            }
+            let opts = BootOptions {
+                console: Console::File(files.console.clone()),
+                extra_cmdline: Vec::new(),
+                results: None,
+                gdb: false,
+                trace: None,
+                smp: scenario.smp,
+            };
+            let broken = qemu::private_disk(stack, &paths, &opts, dir, &[])?;
+            damage.apply(broken.disk.as_deref().context("no per-boot disk image")?)?;
+            let mut cmd = Command::new(qemu_path);
+            cmd.args(qemu::args(stack, &broken, &opts));
+            let expected = damage.expected_messages(stack.file.disk.partition_table);
+            e2e::run_broken_disk(scenario, cmd, &files, expected)
         }
     }
     .context("running scenario")
