@@ -78,6 +78,12 @@ impl Flash {
             report.seconds,
             report.sha256
         );
+        if let Err(e) = reread_partitions(&validated) {
+            println!(
+                "note: the kernel did not re-read the new partition table ({e}); \
+                 re-insert the card to see its boot partition"
+            );
+        }
         Ok(())
     }
 
@@ -757,6 +763,25 @@ pub fn verify(
         bar.set_position(offset);
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// Asks the kernel to re-read the partition table just written
+/// (BLKRRPART), so the image's boot partition shows up without
+/// re-inserting the card.
+pub fn reread_partitions(target: &Validated) -> std::io::Result<()> {
+    if !target.is_block {
+        return Ok(());
+    }
+    // BLKRRPART = _IO(0x12, 95).
+    const BLKRRPART: libc::Ioctl = 0x125f;
+    let file = File::open(&target.path)?;
+    // SAFETY: BLKRRPART takes no argument; the fd is open for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Asks the kernel to forget the cached pages, so the read-back comes from

@@ -502,7 +502,7 @@ fn flash_a_real_loop_device() {
     let backing = dir.path().join("backing.raw");
     std::fs::write(&backing, vec![0x5au8; 16 * MIB_BYTES]).unwrap();
     let out = Command::new("losetup")
-        .args(["--find", "--show"])
+        .args(["--find", "--show", "--partscan"])
         .arg(&backing)
         .output()
         .unwrap();
@@ -553,6 +553,10 @@ fn flash_a_real_loop_device() {
     let got = std::fs::read(&backing).unwrap();
     assert!(got[..want.len()] == want[..], "loop device content differs");
     assert!(got[want.len()..].iter().all(|&b| b == 0x5a));
+    // The kernel accepts the request to re-read the partition table (this
+    // machine's kernel creates no loop partition devices even with
+    // --partscan, so the new partition itself cannot be checked here).
+    reread_partitions(&validated).unwrap();
 
     // 3. Mounted: refused by the checks, and by O_EXCL when they are bypassed.
     let mkfs = Command::new("mke2fs")
