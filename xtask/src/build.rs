@@ -57,6 +57,9 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     }
     let logs = out.join("logs");
     let stamps = out.join("stamps");
+    // The Rust binaries are the same for every stack (one cargo target
+    // dir), so their "changed since last build" stamps are shared too.
+    let shared_stamps = cache_dir.join("stamps");
     println!("build-image {} -> {}", stack.name, out.display());
 
     run_stage(&logs, "host-deps", deps::ensure_host)?;
@@ -107,10 +110,10 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         run_stage(&logs, "busybox", |stage| deps::busybox(stage, &cache_dir))?;
 
     let agent = run_stage(&logs, "agent", |stage| {
-        build_musl_binary(stage, &root, "cloister-agent", &stamps)
+        build_musl_binary(stage, &root, "cloister-agent", &shared_stamps)
     })?;
     let vmm = run_stage(&logs, "vmm", |stage| {
-        build_musl_binary(stage, &root, "cloister-vmm", &stamps)
+        build_musl_binary(stage, &root, "cloister-vmm", &shared_stamps)
     })?;
 
     let overlay = root.join("stacks/rootfs/host");
@@ -156,7 +159,9 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
 
     let cloister_img = out.join("cloister.img");
     let hyp_outputs = if stack.file.hyp.enabled {
-        let hyp_elf = run_stage(&logs, "hyp", |stage| build_hyp(stage, &root, &stamps))?;
+        let hyp_elf = run_stage(&logs, "hyp", |stage| {
+            build_hyp(stage, &root, &shared_stamps)
+        })?;
         run_stage(&logs, "cloister-img", |stage| {
             stage.status("flat binary + payload table");
             let hyp_bin = out.join("cloister-hyp.bin");
