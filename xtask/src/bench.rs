@@ -148,12 +148,9 @@ fn time_to_agent(
     let console = work.join(format!("{}-console.log", stack.name));
     let _ = std::fs::remove_file(&results);
     let opts = BootOptions {
-        console: Console::File(console.clone()),
         extra_cmdline: qemu::agent_cmdline("boot"),
         results: Some(results.clone()),
-        gdb: false,
-        trace: None,
-        smp: None,
+        ..BootOptions::new(Console::File(console.clone()))
     };
     // A disk-booted stack gets the agent's command line in a copy of its
     // disk image, written before the clock starts.

@@ -110,10 +110,10 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         run_stage(&logs, "busybox", |stage| deps::busybox(stage, &cache_dir))?;
 
     let agent = run_stage(&logs, "agent", |stage| {
-        build_musl_binary(stage, &root, "cloister-agent", &shared_stamps)
+        build_rust_binary(stage, &root, "cloister-agent", MUSL, &shared_stamps)
     })?;
     let vmm = run_stage(&logs, "vmm", |stage| {
-        build_musl_binary(stage, &root, "cloister-vmm", &shared_stamps)
+        build_rust_binary(stage, &root, "cloister-vmm", MUSL, &shared_stamps)
     })?;
 
     let overlay = root.join("stacks/rootfs/host");
@@ -160,7 +160,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     let cloister_img = out.join("cloister.img");
     let hyp_outputs = if stack.file.hyp.enabled {
         let hyp_elf = run_stage(&logs, "hyp", |stage| {
-            build_hyp(stage, &root, &shared_stamps)
+            build_rust_binary(stage, &root, "cloister-hyp", BARE_METAL, &shared_stamps)
         })?;
         run_stage(&logs, "cloister-img", |stage| {
             stage.status("flat binary + payload table");
@@ -317,77 +317,46 @@ fn print_summary(stack: &Stack, manifest: &Manifest, manifest_file: &Path, start
     );
 }
 
-/// Builds a workspace binary as a static aarch64 musl executable.
-fn build_musl_binary(
+/// Where the host and guest initramfs binaries are built for.
+const MUSL: &str = "aarch64-unknown-linux-musl";
+/// Where the EL2 hypervisor is built for (a static PIE, see .cargo/config.toml).
+const BARE_METAL: &str = "aarch64-unknown-none";
+
+/// Builds workspace binary `package` for `target` in release mode.
+/// cargo does its own change tracking; the stage only reports whether the
+/// binary changed since the last build (a stamp shared by every stack).
+fn build_rust_binary(
     stage: &mut crate::stage::Stage,
     root: &Path,
     package: &str,
+    target: &str,
     stamps: &Path,
 ) -> Result<(PathBuf, Outcome)> {
-    const TARGET: &str = "aarch64-unknown-linux-musl";
     stage.status(&format!(
-        "cargo build --release --target {TARGET} -p {package}"
+        "cargo build --release --target {target} -p {package}"
     ));
-    // cargo does its own change tracking; we only report whether the binary
-    // changed.
     stage.run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", TARGET, "-p", package])
+            .args(["build", "--release", "--target", target, "-p", package])
             .current_dir(root),
     )?;
     let binary = root
         .join("target")
-        .join(TARGET)
+        .join(target)
         .join("release")
         .join(package);
     let hash = cache::sha256_file(&binary)?;
     let stamp = Stamp::new(stamps, package);
     if stamp.is_fresh(&hash, &[&binary]) {
-        return Ok((binary, Outcome::Cached("cargo: binary unchanged".into())));
+        return Ok((
+            binary,
+            Outcome::Cached(format!("cargo: {package} unchanged")),
+        ));
     }
     stamp.record(&hash)?;
     Ok((
         binary,
         Outcome::Built(format!("{package} {}", short(&hash))),
-    ))
-}
-
-/// Builds the EL2 hypervisor ELF (bare-metal aarch64, position independent).
-fn build_hyp(
-    stage: &mut crate::stage::Stage,
-    root: &Path,
-    stamps: &Path,
-) -> Result<(PathBuf, Outcome)> {
-    const TARGET: &str = "aarch64-unknown-none";
-    stage.status(&format!(
-        "cargo build --release --target {TARGET} -p cloister-hyp"
-    ));
-    stage.run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                TARGET,
-                "-p",
-                "cloister-hyp",
-            ])
-            .current_dir(root),
-    )?;
-    let elf = root
-        .join("target")
-        .join(TARGET)
-        .join("release")
-        .join("cloister-hyp");
-    let hash = cache::sha256_file(&elf)?;
-    let stamp = Stamp::new(stamps, "cloister-hyp");
-    if stamp.is_fresh(&hash, &[&elf]) {
-        return Ok((elf, Outcome::Cached("cargo: hyp unchanged".into())));
-    }
-    stamp.record(&hash)?;
-    Ok((
-        elf,
-        Outcome::Built(format!("cloister-hyp {}", short(&hash))),
     ))
 }
 

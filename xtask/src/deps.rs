@@ -78,6 +78,18 @@ pub fn install_hint(packages: &[String]) -> String {
     )
 }
 
+/// `apt-get update` then installs `packages` (root only), logged to `stage`.
+pub fn apt_install(stage: &Stage, packages: &[String]) -> Result<()> {
+    stage.status(&format!("apt-get install {}", packages.join(" ")));
+    stage.run(Command::new("apt-get").arg("update"))?;
+    stage.run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 /// Makes sure every Debian package and rustup target is there.
 pub fn ensure_host(stage: &mut Stage) -> Result<((), Outcome)> {
     let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(n, _)| *n).collect();
@@ -91,14 +103,7 @@ pub fn ensure_host(stage: &mut Stage) -> Result<((), Outcome)> {
                 install_hint(&missing)
             );
         }
-        stage.status(&format!("apt-get install {}", missing.join(" ")));
-        stage.run(Command::new("apt-get").arg("update"))?;
-        stage.run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(stage, &missing)?;
         did.push(format!("installed {}", missing.join(" ")));
     }
     let targets = ensure_rust_targets(stage)?;

@@ -940,14 +940,7 @@ pub fn ensure_packages(packages: &[&str], logs: &Path) -> Result<()> {
         );
     }
     crate::stage::run_stage(logs, "lava-install", |stage| {
-        stage.status(&format!("apt-get install {}", missing.join(" ")));
-        stage.run(Command::new("apt-get").arg("update"))?;
-        stage.run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        crate::deps::apt_install(stage, &missing)?;
         Ok((
             (),
             Outcome::Built(format!("installed {}", missing.join(" "))),

@@ -63,6 +63,21 @@ pub struct BootOptions {
     pub smp: Option<u32>,
 }
 
+impl BootOptions {
+    /// A plain boot with `console`: nothing appended, no result port, no
+    /// debugging, the stack's CPU count. Callers change what differs.
+    pub fn new(console: Console) -> Self {
+        BootOptions {
+            console,
+            extra_cmdline: Vec::new(),
+            results: None,
+            gdb: false,
+            trace: None,
+            smp: None,
+        }
+    }
+}
+
 /// The kernel command line for a boot.
 pub fn cmdline(stack: &Stack, extra: &[String]) -> String {
     let mut parts = vec![stack.file.kernel.cmdline.clone()];

@@ -48,12 +48,10 @@ impl Run {
         };
         let trace = self.trace.then(|| stack_dir.join("logs/qemu-trace.log"));
         let opts = BootOptions {
-            console: Console::Interactive,
             extra_cmdline: self.append.clone(),
-            results: None,
             gdb: self.gdb,
             trace: trace.clone(),
-            smp: None,
+            ..BootOptions::new(Console::Interactive)
         };
         let qemu_path = if self.dry_run {
             qemu::binary().unwrap_or_else(|_| qemu::QEMU.into())

@@ -268,18 +268,20 @@ fn run_scenario(
         kernel_release: manifest.kernel_release.clone(),
         smp: scenario.smp.unwrap_or(stack.file.qemu.smp),
     };
+    // Every boot of this scenario: its console, its CPU count.
+    let boot_opts = |console| BootOptions {
+        smp: scenario.smp,
+        ..BootOptions::new(console)
+    };
     match &scenario.kind {
         Kind::Agent {
             agent_scenario,
             facts,
         } => {
             let opts = BootOptions {
-                console: Console::File(files.console.clone()),
                 extra_cmdline: qemu::agent_cmdline(agent_scenario),
                 results: Some(files.results.clone()),
-                gdb: false,
-                trace: None,
-                smp: scenario.smp,
+                ..boot_opts(Console::File(files.console.clone()))
             };
             // A disk boot carries the scenario's command line in a per-boot
             // copy of the disk image (uEnv.txt); -append cannot reach it.
@@ -289,14 +291,7 @@ fn run_scenario(
             e2e::run_agent_scenario(scenario, agent_scenario, facts, cmd, &files, &exp)
         }
         Kind::DemoShell => {
-            let opts = BootOptions {
-                console: Console::Stdio,
-                extra_cmdline: Vec::new(),
-                results: None,
-                gdb: false,
-                trace: None,
-                smp: scenario.smp,
-            };
+            let opts = boot_opts(Console::Stdio);
             let paths = qemu::prepare_boot(stack, &paths, &opts, dir)?;
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
@@ -305,14 +300,7 @@ fn run_scenario(
         Kind::DamagedImage(damage) => {
             let damaged = dir.join("damaged.img");
             let expected = e2e::damage_image(&paths.kernel, &damaged, *damage)?;
-            let opts = BootOptions {
-                console: Console::File(files.console.clone()),
-                extra_cmdline: Vec::new(),
-                results: None,
-                gdb: false,
-                trace: None,
-                smp: scenario.smp,
-            };
+            let opts = boot_opts(Console::File(files.console.clone()));
             let damaged_paths = if paths.firmware.is_some() {
                 // Through U-Boot: the damaged image replaces cloister.img in
                 // a per-boot copy of the disk.
@@ -338,14 +326,7 @@ fn run_scenario(
                         .into(),
                 ));
             }
-            let opts = BootOptions {
-                console: Console::File(files.console.clone()),
-                extra_cmdline: Vec::new(),
-                results: None,
-                gdb: false,
-                trace: None,
-                smp: scenario.smp,
-            };
+            let opts = boot_opts(Console::File(files.console.clone()));
             let broken = qemu::private_disk(stack, &paths, &opts, dir, &[])?;
             damage.apply(broken.disk.as_deref().context("no per-boot disk image")?)?;
             let mut cmd = Command::new(qemu_path);

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use cloister_agent::parse;
 use cloister_agent::protocol::{Report, PROTOCOL_VERSION, RESULT_PORT_NAME, SCENARIO_CMDLINE_KEY};
+use cloister_hyp_core::abi::{self, exit, hc, vcpu_feature, vcpu_reg, vm_type};
 
 /// Scenarios this agent knows, with what each reports.
 const SCENARIOS: &[(&str, &str)] = &[
@@ -252,26 +253,21 @@ fn map_devmem(pa: u64) -> Result<*const u64, String> {
     Ok(ptr.cast::<u64>().cast_const())
 }
 
-/// Forks a child that reads the carve-out; returns how the child ended.
-fn devmem_child_signal(pa: u64) -> String {
-    // SAFETY: the child only maps, reads and exits; no locks are held here
-    // (the agent is single-threaded).
+/// How a forked child ended.
+enum ChildEnd {
+    Signal(i32),
+    Exit(i32),
+    ForkFailed(String),
+}
+
+/// Runs `body` in a forked child that exits with its return value.
+fn in_child(body: impl FnOnce() -> i32) -> ChildEnd {
+    // SAFETY: the agent is single-threaded, so the child holds no lock and
+    // may run ordinary code until it `_exit`s.
     match unsafe { libc::fork() } {
-        -1 => format!("fork failed: {}", io::Error::last_os_error()),
+        -1 => ChildEnd::ForkFailed(io::Error::last_os_error().to_string()),
         0 => {
-            let code = match map_devmem(pa) {
-                Ok(ptr) => {
-                    // SAFETY: reading the page mapped above; the hyp is
-                    // expected to make this fault, which is the point.
-                    let v = unsafe { std::ptr::read_volatile(ptr) };
-                    eprintln!("cloister-agent: read {v:#x} from the hyp carve-out");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("cloister-agent: {e}");
-                    2
-                }
-            };
+            let code = body();
             // SAFETY: leaving the forked child without running atexit handlers.
             unsafe { libc::_exit(code) }
         }
@@ -280,11 +276,33 @@ fn devmem_child_signal(pa: u64) -> String {
             // SAFETY: waiting for our own child.
             unsafe { libc::waitpid(child, &mut status, 0) };
             if libc::WIFSIGNALED(status) {
-                signal_name(libc::WTERMSIG(status))
+                ChildEnd::Signal(libc::WTERMSIG(status))
             } else {
-                format!("exited {}", libc::WEXITSTATUS(status))
+                ChildEnd::Exit(libc::WEXITSTATUS(status))
             }
         }
+    }
+}
+
+/// Forks a child that reads the carve-out; returns how the child ended.
+fn devmem_child_signal(pa: u64) -> String {
+    let end = in_child(|| match map_devmem(pa) {
+        Ok(ptr) => {
+            // SAFETY: reading the page mapped above; the hyp is expected to
+            // make this fault, which is the point.
+            let v = unsafe { std::ptr::read_volatile(ptr) };
+            eprintln!("cloister-agent: read {v:#x} from the hyp carve-out");
+            0
+        }
+        Err(e) => {
+            eprintln!("cloister-agent: {e}");
+            2
+        }
+    });
+    match end {
+        ChildEnd::Signal(sig) => signal_name(sig),
+        ChildEnd::Exit(code) => format!("exited {code}"),
+        ChildEnd::ForkFailed(e) => format!("fork failed: {e}"),
     }
 }
 
@@ -352,10 +370,22 @@ fn hypercall(line: &str) -> Result<String, String> {
 fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
     let hyp_pfn = hyp_pa >> 12;
     let cases = [
-        ("hc_unknown_function", "0xc60000bf".to_owned()),
-        ("hc_reserved_arg", "0xc6000080 1".to_owned()),
-        ("hc_out_of_range", "0xc6000081 0xfffffffff".to_owned()),
-        ("hc_donate_hyp_page", format!("0xc6000083 {hyp_pfn:#x} 1")),
+        (
+            "hc_unknown_function",
+            format!(
+                "{:#x}",
+                abi::fast_call_id(true, abi::SMCCC_OWNER_VENDOR_HYP, abi::FUNC_NUM_LAST)
+            ),
+        ),
+        ("hc_reserved_arg", format!("{:#x} 1", hc::GET_VERSION)),
+        (
+            "hc_out_of_range",
+            format!("{:#x} 0xfffffffff", hc::HOST_SHARE_HYP),
+        ),
+        (
+            "hc_donate_hyp_page",
+            format!("{:#x} {hyp_pfn:#x} 1", hc::HOST_DONATE_HYP),
+        ),
     ];
     let mut out = Vec::new();
     for (key, line) in cases {
@@ -364,7 +394,7 @@ fn bad_hypercalls(hyp_pa: u64) -> Vec<Report> {
             Err(e) => out.push(check(key, false, e)),
         }
     }
-    match hypercall(&format!("0xc60000b0 {hyp_pa:#x}")) {
+    match hypercall(&format!("{:#x} {hyp_pa:#x}", hc::PAGE_OWNER)) {
         Ok(v) => out.push(fact("hyp_page_owner", v)),
         Err(e) => out.push(check("hyp_page_owner", false, e)),
     }
@@ -386,6 +416,15 @@ fn hypercall_regs(line: &str) -> Result<[u64; 4], String> {
     regs.as_slice()
         .try_into()
         .map_err(|_| format!("unexpected result {out:?}"))
+}
+
+/// The debugfs line for Cloister call `fid` with `args`.
+fn call_line(fid: u32, args: &[u64]) -> String {
+    let mut line = format!("{fid:#x}");
+    for a in args {
+        line.push_str(&format!(" {a:#x}"));
+    }
+    line
 }
 
 /// A call that must succeed (x0 == 0); returns x1.
@@ -419,28 +458,37 @@ fn guest_run() -> Vec<Report> {
         Err(e) => return vec![check("guest_page", false, e)],
     };
     let run = || -> Result<Vec<Report>, String> {
-        let handle = hypercall_ok("0xc6000085 0")?;
-        hypercall_ok(&format!("0xc6000086 {handle:#x} 0 4"))?;
-        hypercall_ok(&format!(
-            "0xc6000088 {handle:#x} {:#x} {GUEST_IPA:#x} 1",
-            page.pfn
+        let handle = hypercall_ok(&call_line(hc::VM_CREATE, &[vm_type::NORMAL]))?;
+        hypercall_ok(&call_line(
+            hc::VCPU_CREATE,
+            &[handle, 0, vcpu_feature::PSCI_0_2],
         ))?;
-        hypercall_ok(&format!("0xc600008a {handle:#x} 0 32 {GUEST_IPA:#x}"))?;
-        let mut exit = [0u64; 4];
+        hypercall_ok(&call_line(
+            hc::VM_MAP_SHARED,
+            &[handle, page.pfn, GUEST_IPA, 1],
+        ))?;
+        hypercall_ok(&call_line(
+            hc::VCPU_SET_REG,
+            &[handle, 0, vcpu_reg::PC, GUEST_IPA],
+        ))?;
+        let mut run_result = [0u64; 4];
         for _ in 0..100 {
-            exit = hypercall_regs(&format!("0xc600008c {handle:#x} 0"))?;
-            // x1 == 0: an interrupt for the host came in; run again.
-            if exit[0] != 0 || exit[1] != 0 {
+            run_result = hypercall_regs(&call_line(hc::VCPU_RUN, &[handle, 0]))?;
+            // An interrupt for the host came in: run again.
+            if run_result[0] != 0 || run_result[1] != exit::INTERRUPTED {
                 break;
             }
         }
-        let x5 = hypercall_ok(&format!("0xc600008b {handle:#x} 0 5"))?;
-        hypercall_ok(&format!("0xc600008d {handle:#x}"))?;
-        let reclaimed = hypercall_ok(&format!("0xc600008e {handle:#x}"))?;
+        let x5 = hypercall_ok(&call_line(hc::VCPU_GET_REG, &[handle, 0, vcpu_reg::X0 + 5]))?;
+        hypercall_ok(&call_line(hc::VM_TEARDOWN, &[handle]))?;
+        let reclaimed = hypercall_ok(&call_line(hc::VM_RECLAIM, &[handle]))?;
         Ok(vec![
             fact(
                 "guest_exit",
-                format!("{:#x} {:#x} {:#x}", exit[0], exit[1], exit[2]),
+                format!(
+                    "{:#x} {:#x} {:#x}",
+                    run_result[0], run_result[1], run_result[2]
+                ),
             ),
             fact("guest_x5", format!("{x5:#x}")),
             fact("guest_pages_reclaimed", reclaimed.to_string()),
@@ -479,31 +527,20 @@ const PVM_SECRET: &[u8] = b"cloister-pvm-secret-5d1f";
 /// What a forked child saw reading `ptr`: the secret, other bytes, or the
 /// signal that killed it.
 fn child_reads(ptr: *const u8) -> String {
-    // SAFETY: the child only reads and exits; the agent is single-threaded.
-    match unsafe { libc::fork() } {
-        -1 => format!("fork failed: {}", io::Error::last_os_error()),
-        0 => {
-            let mut buf = [0u8; 24];
-            for (i, b) in buf.iter_mut().enumerate() {
-                // SAFETY: reading our own mapping; the hyp may refuse it,
-                // which is what is being tested.
-                *b = unsafe { ptr.add(i).read_volatile() };
-            }
-            // SAFETY: leaving the forked child at once.
-            unsafe { libc::_exit(if buf == PVM_SECRET[..24] { 0 } else { 1 }) }
+    let end = in_child(|| {
+        let mut buf = [0u8; 24];
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: reading our own mapping; the hyp may refuse it, which
+            // is what is being tested.
+            *b = unsafe { ptr.add(i).read_volatile() };
         }
-        child => {
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            if libc::WIFSIGNALED(status) {
-                signal_name(libc::WTERMSIG(status))
-            } else if libc::WEXITSTATUS(status) == 0 {
-                "secret".into()
-            } else {
-                "other bytes".into()
-            }
-        }
+        i32::from(buf != PVM_SECRET[..24])
+    });
+    match end {
+        ChildEnd::Signal(sig) => signal_name(sig),
+        ChildEnd::Exit(0) => "secret".into(),
+        ChildEnd::Exit(_) => "other bytes".into(),
+        ChildEnd::ForkFailed(e) => format!("fork failed: {e}"),
     }
 }
 
@@ -518,22 +555,24 @@ fn pvm_isolation() -> Vec<Report> {
     }
     let run = || -> Result<Vec<Report>, String> {
         let mut out = Vec::new();
-        let handle = hypercall_ok("0xc6000085 0x80000000")?;
-        hypercall_ok(&format!("0xc6000086 {handle:#x} 0 4"))?;
-        hypercall_ok(&format!(
-            "0xc6000087 {handle:#x} {:#x} {GUEST_IPA:#x} 1",
-            code.pfn
+        let handle = hypercall_ok(&call_line(hc::VM_CREATE, &[vm_type::PROTECTED]))?;
+        hypercall_ok(&call_line(
+            hc::VCPU_CREATE,
+            &[handle, 0, vcpu_feature::PSCI_0_2],
         ))?;
-        hypercall_ok(&format!(
-            "0xc6000087 {handle:#x} {:#x} {:#x} 1",
-            data.pfn,
-            GUEST_IPA + 0x1000
+        hypercall_ok(&call_line(hc::VM_DONATE, &[handle, code.pfn, GUEST_IPA, 1]))?;
+        hypercall_ok(&call_line(
+            hc::VM_DONATE,
+            &[handle, data.pfn, GUEST_IPA + 0x1000, 1],
         ))?;
-        hypercall_ok(&format!("0xc600008a {handle:#x} 0 32 {GUEST_IPA:#x}"))?;
+        hypercall_ok(&call_line(
+            hc::VCPU_SET_REG,
+            &[handle, 0, vcpu_reg::PC, GUEST_IPA],
+        ))?;
         out.push(fact("read_private", child_reads(data.ptr)));
         let mut exits = Vec::new();
         for _ in 0..100 {
-            let e = hypercall_regs(&format!("0xc600008c {handle:#x} 0"))?;
+            let e = hypercall_regs(&call_line(hc::VCPU_RUN, &[handle, 0]))?;
             if e[0] != 0 {
                 return Err(format!(
                     "VCPU_RUN failed: {:#x} {:#x} {:#x} {:#x}",
@@ -541,19 +580,19 @@ fn pvm_isolation() -> Vec<Report> {
                 ));
             }
             match e[1] {
-                0 => continue,
-                1 => out.push(fact("read_shared", child_reads(data.ptr))),
-                2 => out.push(fact("read_unshared", child_reads(data.ptr))),
+                exit::INTERRUPTED => continue,
+                exit::MEM_SHARE => out.push(fact("read_shared", child_reads(data.ptr))),
+                exit::MEM_UNSHARE => out.push(fact("read_unshared", child_reads(data.ptr))),
                 _ => {}
             }
             exits.push(e[1].to_string());
-            if e[1] == 3 {
+            if e[1] == exit::SYSTEM_EVENT {
                 break;
             }
         }
         out.push(fact("pvm_exits", exits.join(",")));
-        hypercall_ok(&format!("0xc600008d {handle:#x}"))?;
-        let reclaimed = hypercall_ok(&format!("0xc600008e {handle:#x}"))?;
+        hypercall_ok(&call_line(hc::VM_TEARDOWN, &[handle]))?;
+        let reclaimed = hypercall_ok(&call_line(hc::VM_RECLAIM, &[handle]))?;
         out.push(fact("pvm_pages_reclaimed", reclaimed.to_string()));
         let mut after = [0u8; 24];
         for (i, b) in after.iter_mut().enumerate() {
