@@ -141,8 +141,12 @@ pub mod hc {
     pub const VCPU_SET_REG: u32 = hc(0x8a);
     /// `VCPU_GET_REG(handle, vcpu, reg)` → `x1` = value. Normal VMs only.
     pub const VCPU_GET_REG: u32 = hc(0x8b);
-    /// `VCPU_RUN(handle, vcpu)` → `x1` = why the vCPU stopped
-    /// ([`super::exit`]), `x2`, `x3` = details.
+    /// `VCPU_RUN(handle, vcpu, flags, data)` → `x1` = why the vCPU
+    /// stopped ([`super::exit`]), `x2`, `x3` = details. `flags` is
+    /// [`super::run_flag`]s: [`super::run_flag::MMIO_COMPLETE`] finishes
+    /// the MMIO access of the last exit (`data` = the value read, for a
+    /// read); without it a pending MMIO access is executed again. `data`
+    /// must be 0 unless a read is completed.
     pub const VCPU_RUN: u32 = hc(0x8c);
     /// `VM_TEARDOWN(handle)`: first phase of teardown: no vCPU runs again.
     pub const VM_TEARDOWN: u32 = hc(0x8d);
@@ -153,6 +157,12 @@ pub mod hc {
     /// Debug: `PAGE_OWNER(pa)` → `x1` = owner, `x2` = VM handle,
     /// `x3` = host state | hyp state << 8.
     pub const PAGE_OWNER: u32 = hc(0xb0);
+    /// Debug: `OWNERSHIP_DIGEST()` → `x1` = a 64-bit FNV-1a digest of the
+    /// whole page database (owner, VM handle, host and hyp state of every
+    /// page, in frame order), `x2` = pages not exclusively the host's,
+    /// `x3` = live VMs. Equal digests before and after a refused call show
+    /// it changed nothing.
+    pub const OWNERSHIP_DIGEST: u32 = hc(0xb1);
 }
 
 /// The hypervisor's release version (major, minor, patch): the crate
@@ -189,7 +199,7 @@ pub struct AbiVersion {
 }
 
 /// The ABI this hypervisor implements.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 2 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 3 };
 
 /// Cloister's vendor-hyp service UUID (random, version 4, generated once for
 /// this project; never change it).
@@ -286,6 +296,19 @@ pub mod err {
     /// A value the register cannot hold (`x2` = the register, `x3` = the
     /// value).
     pub const BAD_REG_VALUE: u64 = 30;
+    /// `VCPU_RUN` with `MMIO_COMPLETE` but no MMIO access pending, or with
+    /// data for a write (`x2` = the vCPU).
+    pub const NO_PENDING_MMIO: u64 = 31;
+}
+
+/// `VCPU_RUN` flag bits (`x3`).
+pub mod run_flag {
+    /// The host emulated the MMIO access of the last [`super::exit::MMIO`]
+    /// exit: the hyp writes `data` (`x4`) to the register of a read and
+    /// moves the vCPU past the instruction.
+    pub const MMIO_COMPLETE: u64 = 1 << 0;
+    /// Every flag bit defined in this ABI version.
+    pub const ALL: u64 = MMIO_COMPLETE;
 }
 
 /// `KVM_CREATE_VM` type values `VM_CREATE` accepts.
@@ -357,6 +380,36 @@ pub mod exit {
     /// The vCPU waits for an interrupt (WFI, PSCI CPU_SUSPEND): run it
     /// again once one is pending.
     pub const HALT: u64 = 6;
+    /// The guest accessed a device the host emulates (`KVM_EXIT_MMIO`):
+    /// `x1` = `MMIO | size << MMIO_SIZE_SHIFT | MMIO_WRITE if a write`
+    /// (size in bytes: 1, 2, 4 or 8), `x2` = the IPA, `x3` = the value
+    /// written (0 for a read). The next `VCPU_RUN` completes it
+    /// ([`super::run_flag::MMIO_COMPLETE`]) or executes it again. A
+    /// protected VM exits here only for pages it guarded (MMIO_GUARD).
+    pub const MMIO: u64 = 7;
+    /// The guest touched an IPA its stage-2 does not map and that is not
+    /// MMIO it may show the host: `x2` = the IPA, `x3` =
+    /// [`super::mem_fault`] flags. The host maps or donates memory there
+    /// and runs the vCPU again; if it runs it without doing so, the guest
+    /// gets a synchronous external abort (KVM's answer to an access outside
+    /// every memslot).
+    pub const MEM_FAULT: u64 = 8;
+    /// The exit code is `x1 & CODE_MASK`; the bits above are its flags.
+    pub const CODE_MASK: u64 = 0xff;
+    /// Shift of the access size in bytes in an [`MMIO`] exit's `x1`.
+    pub const MMIO_SIZE_SHIFT: u32 = 8;
+    /// An [`MMIO`] exit for a write.
+    pub const MMIO_WRITE: u64 = 1 << 16;
+}
+
+/// [`exit::MEM_FAULT`] flags (`x3`).
+pub mod mem_fault {
+    /// The access was a write.
+    pub const WRITE: u64 = 1 << 0;
+    /// The access was an instruction fetch.
+    pub const EXEC: u64 = 1 << 1;
+    /// The fault hit the guest's stage-1 table walk.
+    pub const S1PTW: u64 = 1 << 2;
 }
 
 /// Owner codes (`PAGE_OWNER` `x1`, `NOT_OWNED` `x3`).
@@ -472,7 +525,7 @@ pub const HOST_CALLS: &[CallDesc] = &[
     CallDesc {
         name: "VCPU_RUN",
         id: hc::VCPU_RUN,
-        args: &["handle", "vcpu"],
+        args: &["handle", "vcpu", "flags", "data"],
         results: &["exit", "info0", "info1"],
     },
     CallDesc {
@@ -492,6 +545,12 @@ pub const HOST_CALLS: &[CallDesc] = &[
         id: hc::PAGE_OWNER,
         args: &["pa"],
         results: &["owner", "vm_handle", "host_state | hyp_state << 8"],
+    },
+    CallDesc {
+        name: "OWNERSHIP_DIGEST",
+        id: hc::OWNERSHIP_DIGEST,
+        args: &[],
+        results: &["digest", "pages_not_host", "live_vms"],
     },
 ];
 
@@ -537,6 +596,7 @@ pub const ERROR_DETAILS: &[(&str, u64)] = &[
     ("REG_DENIED", err::REG_DENIED),
     ("UNKNOWN_REG", err::UNKNOWN_REG),
     ("BAD_REG_VALUE", err::BAD_REG_VALUE),
+    ("NO_PENDING_MMIO", err::NO_PENDING_MMIO),
 ];
 
 /// Owner and state codes, for the C header.
@@ -558,6 +618,7 @@ pub const VM_CODES: &[(&str, u64)] = &[
     ("VM_KIND_PROTECTED", vm_kind::PROTECTED),
     ("VCPU_FEATURE_POWER_OFF", vcpu_feature::POWER_OFF),
     ("VCPU_FEATURE_PSCI_0_2", vcpu_feature::PSCI_0_2),
+    ("RUN_MMIO_COMPLETE", run_flag::MMIO_COMPLETE),
 ];
 
 /// `VCPU_SET_REG` / `VCPU_GET_REG` register numbers, for the C header.
@@ -580,6 +641,14 @@ pub const EXIT_CODES: &[(&str, u64)] = &[
     ("CPU_ON", exit::CPU_ON),
     ("CPU_OFF", exit::CPU_OFF),
     ("HALT", exit::HALT),
+    ("MMIO", exit::MMIO),
+    ("MEM_FAULT", exit::MEM_FAULT),
+    ("CODE_MASK", exit::CODE_MASK),
+    ("MMIO_SIZE_SHIFT", exit::MMIO_SIZE_SHIFT as u64),
+    ("MMIO_WRITE", exit::MMIO_WRITE),
+    ("MEM_FAULT_WRITE", mem_fault::WRITE),
+    ("MEM_FAULT_EXEC", mem_fault::EXEC),
+    ("MEM_FAULT_S1PTW", mem_fault::S1PTW),
 ];
 
 /// Whether `id` is a well-formed Cloister host call: fast, SMC64, vendor hyp,
@@ -734,7 +803,10 @@ pub fn write_c_header(w: &mut dyn fmt::Write) -> fmt::Result {
         write_define(w, "CLOISTER_", name, *value)?;
     }
     writeln!(w)?;
-    writeln!(w, "/* VM_CREATE types, VM kinds, VCPU_CREATE features */")?;
+    writeln!(
+        w,
+        "/* VM_CREATE types, VM kinds, VCPU_CREATE features, VCPU_RUN flags */"
+    )?;
     for (name, value) in VM_CODES {
         write_define(w, "CLOISTER_", name, *value)?;
     }
@@ -812,7 +884,12 @@ mod tests {
             assert_eq!(call.id & 0xffff_ff00, 0xc600_0000, "{}", call.name);
             let number = call.id & 0xff;
             let debug = number >= u32::from(FUNC_NUM_DEBUG_FIRST);
-            assert_eq!(debug, call.name == "PAGE_OWNER", "{}", call.name);
+            assert_eq!(
+                debug,
+                matches!(call.name, "PAGE_OWNER" | "OWNERSHIP_DIGEST"),
+                "{}",
+                call.name
+            );
         }
         // Neither KVM's guest services (0..=127) nor pKVM's host calls.
         assert!(!is_cloister_call_id(0xc600_0003));
@@ -831,7 +908,7 @@ mod tests {
         assert_eq!(signed, [0, -1, -2, -3, -4, -5]);
         let mut details: Vec<u64> = ERROR_DETAILS.iter().map(|(_, v)| *v).collect();
         details.dedup();
-        assert_eq!(details, (1..=30).collect::<Vec<_>>());
+        assert_eq!(details, (1..=31).collect::<Vec<_>>());
     }
 
     #[test]
@@ -852,7 +929,7 @@ mod tests {
         assert!(h.contains("#define CLOISTER_UID_REG_0 0x677903f5U\n"));
         assert!(h.contains("#define CLOISTER_ABI_VERSION_MAJOR 0\n"));
         assert!(h.contains("#define CLOISTER_STATE_NOPAGE 0x3\n"));
-        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 2\n"));
+        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 3\n"));
         assert!(h.contains("#define CLOISTER_HC_VCPU_RUN 0xc600008cU\n"));
         assert!(h.contains("/* VM_DONATE(handle, pfn, ipa, count) -> - */\n"));
         assert!(h.contains("#define CLOISTER_VM_TYPE_PROTECTED 0x80000000\n"));

@@ -772,8 +772,10 @@ pub struct GuestAbort {
 pub enum AbortAction {
     /// Exit to the host for emulation (`KVM_EXIT_MMIO`).
     Mmio,
-    /// Inject a synchronous external abort into the guest.
-    InjectAbort,
+    /// Not MMIO the host may see: exit to the host as a memory fault (it
+    /// may map memory there); if it does not, the guest gets a synchronous
+    /// external abort ([`crate::exits`]).
+    MemFault,
     /// The IPA is guest memory now (the fault raced with a mapping change):
     /// resume the guest to retry the access.
     Retry,
@@ -784,9 +786,10 @@ pub enum AbortAction {
 ///
 /// Guest memory: retry. Otherwise the access must be an emulatable data
 /// access (not a fetch, not a stage-1 walk, syndrome valid) that
-/// [`mmio_exit_allowed`] lets out, or the guest gets an external abort — in
-/// a protected VM, touching an unguarded non-memory IPA is the guest's own
-/// error, never a reason to show the host anything.
+/// [`mmio_exit_allowed`] lets out, or it is a memory fault: the host may
+/// put memory there (a protected VM's memory is donated on first touch),
+/// and if it does not the guest gets an external abort. In a protected VM,
+/// touching an unguarded IPA never shows the host the access itself.
 pub fn classify_guest_abort(
     vm_kind: VmKind,
     guard: &MmioGuardSet,
@@ -797,12 +800,12 @@ pub fn classify_guest_abort(
         return AbortAction::Retry;
     }
     if abort.fetch || abort.s1ptw || !abort.isv {
-        return AbortAction::InjectAbort;
+        return AbortAction::MemFault;
     }
     if mmio_exit_allowed(vm_kind, guard, abort.ipa) {
         AbortAction::Mmio
     } else {
-        AbortAction::InjectAbort
+        AbortAction::MemFault
     }
 }
 

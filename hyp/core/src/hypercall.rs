@@ -18,6 +18,7 @@
 
 use crate::abi::{self, hc, ret, smccc};
 use crate::addr::{Ipa, Pfn, PhysAddr};
+use crate::exits::RunRequest;
 use crate::hal::Hal;
 use crate::mem_protect::{MemProtect, MemProtectError, Owner, VmHandle};
 use crate::vm::{VmError, VmKind, VmTable};
@@ -125,12 +126,14 @@ pub enum HostCall {
         /// Register number ([`abi::vcpu_reg`]).
         reg: u64,
     },
-    /// `VCPU_RUN(handle, vcpu)`.
+    /// `VCPU_RUN(handle, vcpu, flags, data)`.
     VcpuRun {
         /// VM handle.
         handle: u64,
         /// vCPU index.
         vcpu: u64,
+        /// Flags and MMIO data (flags checked: known bits only).
+        run: RunRequest,
     },
     /// `VM_TEARDOWN(handle)`.
     VmTeardown {
@@ -147,6 +150,8 @@ pub enum HostCall {
         /// Any address in the page asked about.
         pa: PhysAddr,
     },
+    /// Debug: `OWNERSHIP_DIGEST()`.
+    OwnershipDigest,
 }
 
 /// What to do with a host call's result.
@@ -163,6 +168,8 @@ pub enum HostOutcome {
         handle: VmHandle,
         /// The vCPU index (checked).
         vcpu: usize,
+        /// What to do with the pending exit ([`VmTable::settle_pending`]).
+        run: RunRequest,
     },
 }
 
@@ -326,10 +333,17 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
             }
         }
         hc::VCPU_RUN => {
-            reserved_zero(regs, 2)?;
+            reserved_zero(regs, 4)?;
+            if regs[3] & !abi::run_flag::ALL != 0 {
+                return Err(DecodeError::ReservedArgNonZero { reg: 3 });
+            }
             HostCall::VcpuRun {
                 handle: regs[1],
                 vcpu: regs[2],
+                run: RunRequest {
+                    flags: regs[3],
+                    data: regs[4],
+                },
             }
         }
         hc::VM_TEARDOWN => {
@@ -345,6 +359,10 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
             HostCall::PageOwner {
                 pa: PhysAddr::new(regs[1]),
             }
+        }
+        hc::OWNERSHIP_DIGEST => {
+            reserved_zero(regs, 0)?;
+            HostCall::OwnershipDigest
         }
         _ => return Err(unknown),
     };
@@ -385,12 +403,12 @@ pub fn handle_host_call<H: Hal + ?Sized>(
     hal: &mut H,
 ) -> HostOutcome {
     let regs = match call {
-        HostCall::VcpuRun { handle, vcpu } => {
+        HostCall::VcpuRun { handle, vcpu, run } => {
             let checked = vms
                 .resolve(handle)
-                .and_then(|h| vms.check_runnable(h, vcpu).map(|i| (h, i)));
+                .and_then(|h| vms.check_run(h, vcpu, run).map(|i| (h, i)));
             return match checked {
-                Ok((handle, vcpu)) => HostOutcome::RunVcpu { handle, vcpu },
+                Ok((handle, vcpu)) => HostOutcome::RunVcpu { handle, vcpu, run },
                 Err(e) => HostOutcome::Return(e.to_regs()),
             };
         }
@@ -455,6 +473,16 @@ pub fn handle_host_call<H: Hal + ?Sized>(
             vms.resolve(handle)
                 .and_then(|h| vms.finalize_teardown(state, h, hal)),
         ),
+        HostCall::OwnershipDigest => {
+            let (digest, not_host) = state.db().digest();
+            let live = vms.iter().count();
+            [
+                ret::SUCCESS,
+                digest,
+                not_host,
+                u64::try_from(live).unwrap_or(u64::MAX),
+            ]
+        }
         _ => handle_mem_call(call, state, hal),
     };
     HostOutcome::Return(regs)
@@ -513,6 +541,7 @@ fn handle_mem_call<H: Hal + ?Sized>(
         | HostCall::VcpuSetReg { .. }
         | HostCall::VcpuGetReg { .. }
         | HostCall::VcpuRun { .. }
+        | HostCall::OwnershipDigest
         | HostCall::VmTeardown { .. }
         | HostCall::VmReclaim { .. } => [ret::NOT_SUPPORTED, abi::err::INTERNAL, 0, 0],
     }
@@ -626,13 +655,30 @@ mod tests {
                     reg: 11,
                 },
             ),
-            (hc::VCPU_RUN, HostCall::VcpuRun { handle: 7, vcpu: 9 }),
+            (
+                hc::VCPU_RUN,
+                HostCall::VcpuRun {
+                    handle: 7,
+                    vcpu: 9,
+                    run: RunRequest {
+                        flags: abi::run_flag::MMIO_COMPLETE,
+                        data: 13,
+                    },
+                },
+            ),
+            (hc::OWNERSHIP_DIGEST, HostCall::OwnershipDigest),
             (hc::VM_TEARDOWN, HostCall::VmTeardown { handle: 7 }),
             (hc::VM_RECLAIM, HostCall::VmReclaim { handle: 7 }),
         ];
         assert_eq!(expected.len(), abi::HOST_CALLS.len());
         for call in abi::HOST_CALLS {
-            let args = [7, 9, 11, 13];
+            // VCPU_RUN's third argument is flags: only known bits.
+            let third = if call.id == hc::VCPU_RUN {
+                abi::run_flag::MMIO_COMPLETE
+            } else {
+                11
+            };
+            let args = [7, 9, third, 13];
             let r = regs(call.id, &args[..call.args.len()]);
             let want = expected
                 .iter()
@@ -733,10 +779,10 @@ mod tests {
             call(smccc::VENDOR_HYP_CALL_UID, &[], &mut mp),
             [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656]
         );
-        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 2, 0, 0]);
+        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 3, 0, 0]);
         assert_eq!(
             call(hc::GET_VERSION, &[], &mut mp),
-            [ret::SUCCESS, 0, 2, abi::pack_version((0, 1, 0))]
+            [ret::SUCCESS, 0, 3, abi::pack_version((0, 1, 0))]
         );
         assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 
@@ -915,7 +961,11 @@ mod tests {
         let h = VmHandle::new(HANDLE_OFFSET);
         assert_eq!(
             call(hc::VCPU_RUN, &[pvm, 0], &mut mp, &mut vms),
-            HostOutcome::RunVcpu { handle: h, vcpu: 0 }
+            HostOutcome::RunVcpu {
+                handle: h,
+                vcpu: 0,
+                run: RunRequest::default()
+            }
         );
         assert_eq!(
             ret_of(call(hc::VCPU_RUN, &[pvm, 1], &mut mp, &mut vms)),

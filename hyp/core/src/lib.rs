@@ -56,6 +56,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod addr;
+pub mod exits;
 pub mod fdt;
 pub mod guest_abi;
 pub mod hal;

@@ -409,6 +409,37 @@ impl<'m> PageDb<'m> {
         self.meta
     }
 
+    /// A 64-bit FNV-1a digest of every row (owner, VM handle, host state,
+    /// hyp state, donation mark), in frame order, and the number of pages
+    /// that are not exclusively the host's: two equal digests mean no page
+    /// changed hands (`OWNERSHIP_DIGEST`).
+    pub fn digest(&self) -> (u64, u64) {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = FNV_OFFSET;
+        let mut not_host = 0;
+        for meta in self.meta.iter() {
+            let handle = match meta.owner {
+                Owner::Guest(h) => h.raw(),
+                Owner::Host | Owner::Hyp => 0,
+            };
+            let row = [
+                meta.owner.abi_code(),
+                u64::from(handle),
+                meta.host_state.abi_code(),
+                meta.hyp_state.abi_code(),
+                u64::from(meta.host_donation),
+            ];
+            for byte in row.iter().flat_map(|v| v.to_le_bytes()) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+            }
+            if *meta != PageMeta::HOST_OWNED {
+                not_host += 1;
+            }
+        }
+        (hash, not_host)
+    }
+
     fn index(&self, pfn: Pfn) -> Result<usize> {
         self.indices(pfn, 1).map(|r| r.start)
     }

@@ -646,7 +646,7 @@ proptest! {
                         prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "{regs:x?} -> {out:x?} changed state");
                     }
                 }
-                HostOutcome::RunVcpu { handle, vcpu } => {
+                HostOutcome::RunVcpu { handle, vcpu, .. } => {
                     prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "VCPU_RUN changed state");
                     let index = u64::try_from(vcpu).unwrap_or(u64::MAX);
                     prop_assert!(vms.vcpu_load(handle, index).is_ok());

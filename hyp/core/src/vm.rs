@@ -67,6 +67,7 @@ use core::mem::offset_of;
 
 use crate::abi::{self, ret};
 use crate::addr::{Ipa, Pfn};
+use crate::exits::{self, PendingExit, RunRequest};
 use crate::guest_abi::MmioGuardSet;
 use crate::hal::{Hal, PageAllocator};
 use crate::mem_protect::{GuestMem, MemProtect, MemProtectError, VmHandle};
@@ -526,11 +527,13 @@ pub fn mpidr_for_index(index: usize) -> u64 {
 /// One vCPU: its registers and PSCI state.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Vcpu {
-    ctx: VcpuContext,
+    pub(crate) ctx: VcpuContext,
     power: PowerState,
     mpidr: u64,
     loaded: bool,
     has_run: bool,
+    /// What the last exit left for the host to answer.
+    pub(crate) pending: Option<PendingExit>,
 }
 
 impl Vcpu {
@@ -545,6 +548,7 @@ impl Vcpu {
             mpidr: mpidr_for_index(index),
             loaded: false,
             has_run: false,
+            pending: None,
         }
     }
 
@@ -576,6 +580,11 @@ impl Vcpu {
     /// Whether the vCPU has been loaded at least once.
     pub fn has_run(&self) -> bool {
         self.has_run
+    }
+
+    /// What the last exit left for the host to answer, if anything.
+    pub fn pending(&self) -> Option<PendingExit> {
+        self.pending
     }
 
     pub(crate) fn set_power(&mut self, power: PowerState) {
@@ -640,6 +649,7 @@ impl Vcpu {
         self.ctx.pc = entry;
         self.ctx.x[0] = context_id;
         self.power = PowerState::On;
+        self.pending = None;
     }
 }
 
@@ -805,6 +815,12 @@ pub enum VmError {
         /// The IPA.
         ipa: Ipa,
     },
+    /// `VCPU_RUN`'s flags or data do not fit what the vCPU left pending
+    /// (completing an MMIO access that is not pending, data for a write).
+    NoPendingMmio {
+        /// The vCPU.
+        vcpu: u64,
+    },
     /// A register access was refused.
     Vcpu(VcpuError),
     /// A page transition was refused.
@@ -836,6 +852,7 @@ impl VmError {
             Self::VcpuOff { vcpu } => [ret::DENIED, err::VCPU_OFF, vcpu, 0],
             Self::WrongKind { kind } => [ret::DENIED, err::WRONG_VM_KIND, kind.abi_code(), 0],
             Self::IpaGuarded { ipa } => [ret::DENIED, err::IPA_GUARDED, ipa.raw(), 0],
+            Self::NoPendingMmio { vcpu } => [ret::INVALID_PARAMETER, err::NO_PENDING_MMIO, vcpu, 0],
             Self::Vcpu(e) => e.to_regs(),
             Self::Mem(e) => e.to_regs(),
             Self::Internal => [ret::DENIED, err::INTERNAL, 0, 0],
@@ -867,6 +884,10 @@ impl fmt::Display for VmError {
             Self::VcpuOff { vcpu } => write!(f, "vCPU {vcpu} is powered off"),
             Self::WrongKind { kind } => write!(f, "not allowed for a {kind:?} VM"),
             Self::IpaGuarded { ipa } => write!(f, "{ipa} is a guarded MMIO page"),
+            Self::NoPendingMmio { vcpu } => write!(
+                f,
+                "vCPU {vcpu}: no MMIO read pending to complete with these flags and data"
+            ),
             Self::Vcpu(e) => write!(f, "{e}"),
             Self::Mem(e) => write!(f, "{e}"),
             Self::Internal => write!(f, "internal VM table error"),
@@ -1181,6 +1202,54 @@ impl VmTable {
         Ok(i)
     }
 
+    /// [`check_runnable`](Self::check_runnable), and that `run` fits what
+    /// the vCPU left pending ([`RunRequest::fits`]): what `VCPU_RUN`
+    /// validates before the glue runs anything.
+    ///
+    /// # Errors
+    /// As `check_runnable`, and `NoPendingMmio`.
+    pub fn check_run(
+        &self,
+        handle: VmHandle,
+        index: u64,
+        run: RunRequest,
+    ) -> Result<usize, VmError> {
+        let i = self.check_runnable(handle, index)?;
+        let pending = self
+            .get(handle)
+            .and_then(|vm| vm.vcpu(i))
+            .and_then(|v| v.pending);
+        if !run.fits(pending.as_ref()) {
+            return Err(VmError::NoPendingMmio { vcpu: index });
+        }
+        Ok(i)
+    }
+
+    /// Settles what vCPU `index`'s last exit left pending, as `run` says
+    /// ([`exits::settle_pending`]), before [`vcpu_load`](Self::vcpu_load).
+    ///
+    /// # Errors
+    /// As [`check_run`](Self::check_run); nothing changes on error.
+    pub fn settle_pending<H: PageAllocator + ?Sized>(
+        &mut self,
+        handle: VmHandle,
+        index: u64,
+        run: RunRequest,
+        hal: &H,
+    ) -> Result<(), VmError> {
+        self.check_run(handle, index, run)?;
+        let vm = self.live_vm_mut(handle)?;
+        let pending = Self::vcpu_of(vm, index)?.1.pending;
+        let still_unmapped = match pending {
+            Some(PendingExit::MemFault { ipa, .. }) => !vm.is_guest_memory(ipa, hal),
+            _ => false,
+        };
+        let (_, vcpu) = Self::vcpu_of(vm, index)?;
+        let pending = vcpu.pending.take();
+        exits::settle_pending(&mut vcpu.ctx, pending, run, still_unmapped);
+        Ok(())
+    }
+
     /// Loads vCPU `index` to run it: a pending CPU_ON resets it to the
     /// guest's entry point and context ID first. Returns the context the
     /// world switch restores from and saves to until
@@ -1199,6 +1268,13 @@ impl VmTable {
         vcpu.loaded = true;
         vcpu.has_run = true;
         Ok(&mut vcpu.ctx)
+    }
+
+    /// The context of vCPU `index` while it is loaded (between
+    /// [`vcpu_load`](Self::vcpu_load) and [`vcpu_put`](Self::vcpu_put)).
+    pub fn loaded_context(&mut self, handle: VmHandle, index: usize) -> Option<&mut VcpuContext> {
+        let vcpu = self.get_mut(handle)?.vcpu_mut(index)?;
+        vcpu.loaded.then_some(&mut vcpu.ctx)
     }
 
     /// Ends a [`vcpu_load`](Self::vcpu_load): the vCPU stopped running and

@@ -434,8 +434,8 @@ pub fn host_hypercall(regs: &[u64; 8]) -> [u64; 4] {
     let outcome = with_vms(|mem, vms, hal| hypercall::handle_host_hvc(regs, mem, vms, hal));
     match outcome {
         Ok(hypercall::HostOutcome::Return(r)) => r,
-        Ok(hypercall::HostOutcome::RunVcpu { handle, vcpu }) => {
-            crate::guest::run_vcpu(handle, vcpu)
+        Ok(hypercall::HostOutcome::RunVcpu { handle, vcpu, run }) => {
+            crate::guest::run_vcpu(handle, vcpu, run)
         }
         Err(StateGuardError) => [abi::ret::NOT_SUPPORTED, 0, 0, 0],
     }

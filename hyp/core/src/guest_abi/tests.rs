@@ -712,13 +712,10 @@ fn abort_classification() {
     assert_eq!(c(p, &guard, &data(MMIO + 0x10), false), AbortAction::Mmio);
     assert_eq!(
         c(p, &guard, &data(MMIO + 0x1000), false),
-        AbortAction::InjectAbort
+        AbortAction::MemFault
     );
     assert_eq!(c(n, &guard, &data(MMIO + 0x1000), false), AbortAction::Mmio);
-    assert_eq!(
-        c(n, &guard, &data(IPA_LIMIT), false),
-        AbortAction::InjectAbort
-    );
+    assert_eq!(c(n, &guard, &data(IPA_LIMIT), false), AbortAction::MemFault);
     for (fetch, s1ptw, isv) in [
         (true, false, true),
         (false, true, true),
@@ -730,8 +727,8 @@ fn abort_classification() {
             isv,
             ..data(MMIO)
         };
-        assert_eq!(c(p, &guard, &a, false), AbortAction::InjectAbort);
-        assert_eq!(c(n, &guard, &a, false), AbortAction::InjectAbort);
+        assert_eq!(c(p, &guard, &a, false), AbortAction::MemFault);
+        assert_eq!(c(n, &guard, &a, false), AbortAction::MemFault);
     }
     assert!(mmio_exit_allowed(n, &MmioGuardSet::new(), Ipa::new(0)));
     assert!(!mmio_exit_allowed(p, &MmioGuardSet::new(), Ipa::new(0)));

@@ -4,6 +4,7 @@
 
 use core::cell::UnsafeCell;
 
+use cloister_hyp_core::exits::GuestTrap;
 use cloister_hyp_core::vm::{El1SysRegs, FpState, VcpuContext, VtimerState};
 
 use super::{isb, read_sysreg, write_sysreg, MAX_CPUS};
@@ -138,17 +139,6 @@ const HCR_GUEST: u64 = (1 << 0) // VM
     | (1 << 40) // APK
     | (1 << 41); // API
 
-/// What the guest did to come back to EL2.
-#[derive(Debug, Clone, Copy)]
-pub struct GuestExit {
-    /// The vector it came through (8: synchronous, 9: IRQ, ...).
-    pub vector: u64,
-    /// ESR_EL2 at the exit.
-    pub esr: u64,
-    /// The faulting IPA (HPFAR_EL2 with FAR's page offset).
-    pub ipa: u64,
-}
-
 fn save_host(host: &mut HostEl1) {
     save_el1(&mut host.sys);
     host.sp_el1 = read_sysreg!("sp_el1");
@@ -199,7 +189,7 @@ fn save_guest(guest: &mut VcpuContext) {
 /// `ctx` must be a loaded vCPU's context (nothing else reads or writes it
 /// until it is put), `vttbr` its VM's stage-2, and the caller must hold no
 /// lock the guest's exits will need.
-pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> GuestExit {
+pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> GuestTrap {
     let pcpu = read_sysreg!("tpidr_el2") as usize as *mut PerCpu;
     // SAFETY: TPIDR_EL2 points at this CPU's PerCpu (entry.S) and only this
     // CPU uses it; `ctx` is ours alone per the contract.
@@ -229,9 +219,10 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     save_guest(guest);
     restore_host(host);
     isb();
-    GuestExit {
+    GuestTrap {
         vector,
         esr,
+        far,
         ipa: ((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff),
     }
 }
