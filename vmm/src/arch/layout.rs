@@ -7,6 +7,10 @@ pub const RAM_BASE: u64 = 0x8000_0000;
 pub const UART_BASE: u64 = 0x0900_0000;
 /// Size of the PL011's register window.
 pub const UART_SIZE: u64 = 0x1000;
+/// Cloister's test device ([`crate::devices::test_dev`]): not in the DTB.
+pub const TEST_DEV_BASE: u64 = 0x0b00_0000;
+/// Size of the test device's window.
+pub const TEST_DEV_SIZE: u64 = 0x1000;
 /// The DTB goes at the top of RAM in a window of this size (the arm64 boot
 /// protocol wants it 8-byte aligned and within the first 512 GiB).
 pub const FDT_MAX_SIZE: u64 = 0x20_0000;

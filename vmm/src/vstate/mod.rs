@@ -1,12 +1,15 @@
 //! The VM and its vCPUs on `/dev/cloister` (aarch64 hosts only).
 //!
-//! Today one vCPU runs on the VMM's main thread: enough for a bare-metal
-//! guest. Secondary vCPUs are created powered off, for the guest to start
-//! with PSCI CPU_ON (vCPU threads come with the Linux guest).
+//! Each vCPU runs on its own thread. Secondary vCPUs are created powered
+//! off; their threads wait in `KVM_RUN` until the guest starts them with
+//! PSCI CPU_ON. The first system event (or failure) ends the run: the other
+//! threads are kicked out of `KVM_RUN` with a signal.
 
 use std::ffi::CString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use kvm_bindings::{
     kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_REG_ARM_CORE,
@@ -16,8 +19,9 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::fdt::{create_fdt, FdtConfig};
-use crate::arch::layout::{fdt_addr, RAM_BASE, UART_BASE, UART_SIZE};
-use crate::devices::pl011::Pl011;
+use crate::arch::layout::{fdt_addr, RAM_BASE};
+use crate::devices::test_dev::{self, TestDevice};
+use crate::devices::Bus;
 use crate::loader::{load_kernel, LoadError};
 
 /// `KVM_CREATE_VM` type of a protected VM (mainline and Android).
@@ -69,8 +73,11 @@ pub enum VmmError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The guest did something the VMM does not handle.
-    #[error("unexpected exit from vCPU 0: {0}")]
+    #[error("unexpected exit: {0}")]
     UnexpectedExit(String),
+    /// A vCPU thread could not be started.
+    #[error("starting a vCPU thread: {0}")]
+    Thread(String),
 }
 
 /// How the guest ended.
@@ -97,84 +104,270 @@ const REG_X0: u64 = core_reg(0);
 /// `kvm_regs.regs.pc` (after 31 general registers and sp).
 const REG_PC: u64 = core_reg(32 * 8);
 
-/// Creates the VM, loads the guest and runs it until it powers off.
+/// What the guest did, counted by the vCPU threads.
+#[derive(Debug, Default)]
+pub struct ExitCounts {
+    /// MEM_SHARE notices (KVM_EXIT_HYPERCALL).
+    pub shares: AtomicU64,
+    /// MEM_UNSHARE notices.
+    pub unshares: AtomicU64,
+    /// MMIO accesses no device claimed.
+    pub unclaimed_mmio: AtomicU64,
+}
+
+/// A created VM with its guest loaded, not yet running.
+pub struct Machine {
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("vcpus", &self.vcpus.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    // SAFETY: a zeroed sigaction with a handler that does nothing and no
+    // SA_RESTART, so a blocked KVM_RUN returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+    }
+}
+
+impl Machine {
+    /// Opens the device, creates the VM and its memory, loads the guest,
+    /// writes the DTB and creates the vCPUs (vCPU 0 at the entry point with
+    /// `x0` = the DTB; the others powered off).
+    ///
+    /// # Errors
+    /// [`VmmError`] naming the step that failed.
+    pub fn create(cfg: &VmConfig) -> Result<Self, VmmError> {
+        let device = CString::new(cfg.device.as_os_str().as_encoded_bytes()).map_err(|_| {
+            VmmError::Memory(format!("device path {} contains NUL", cfg.device.display()))
+        })?;
+        let kvm = Kvm::new_with_path(&device).map_err(|source| VmmError::Open {
+            device: cfg.device.display().to_string(),
+            source,
+        })?;
+        let vm_type = if cfg.protected {
+            KVM_VM_TYPE_ARM_PROTECTED
+        } else {
+            0
+        };
+        let vm = ioctl("KVM_CREATE_VM", kvm.create_vm_with_type(vm_type))?;
+
+        let mem_size = cfg.mem_mib << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(
+            GuestAddress(RAM_BASE),
+            usize::try_from(mem_size).unwrap_or(usize::MAX),
+        )])
+        .map_err(|e| VmmError::Memory(e.to_string()))?;
+        register_memory(&vm, &mem)?;
+        let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
+        let initrd = match &cfg.initrd {
+            Some(path) => Some(load_initrd(&mem, path, loaded.end, fdt_addr(mem_size))?),
+            None => None,
+        };
+        let dtb = create_fdt(&FdtConfig {
+            vcpus: cfg.vcpus,
+            mem_size,
+            cmdline: cfg.cmdline.clone(),
+            initrd,
+        })
+        .map_err(|e| VmmError::Memory(format!("building the DTB: {e}")))?;
+        mem.write_slice(&dtb, GuestAddress(fdt_addr(mem_size)))
+            .map_err(|e| VmmError::Memory(e.to_string()))?;
+
+        let mut vcpus = Vec::new();
+        for i in 0..cfg.vcpus {
+            vcpus.push(create_vcpu(&vm, i, loaded.entry, fdt_addr(mem_size))?);
+        }
+        Ok(Self { vm, mem, vcpus })
+    }
+
+    /// The guest's RAM as this process maps it (for a protected VM, pages
+    /// the guest has touched are the guest's: reading them faults).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The VM fd (for tests of the ioctl ABI).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Runs every vCPU on its own thread until the guest powers off or
+    /// resets (or a vCPU fails); then stops the others.
+    ///
+    /// # Errors
+    /// The first vCPU's failure, naming the vCPU.
+    pub fn run<W: Write + Send>(
+        &mut self,
+        bus: &Bus<W>,
+        counts: &ExitCounts,
+    ) -> Result<GuestEnd, VmmError> {
+        install_kick_handler();
+        let outcome: Mutex<Option<Result<GuestEnd, VmmError>>> = Mutex::new(None);
+        let stop = AtomicBool::new(false);
+        // Each thread's pthread_t, for kicks.
+        // (As an address-sized integer: musl's pthread_t is a pointer.)
+        let ids: Vec<Mutex<Option<usize>>> = self.vcpus.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            let mut threads = Vec::new();
+            for ((index, vcpu), id) in self.vcpus.iter_mut().enumerate().zip(&ids) {
+                let (outcome, stop) = (&outcome, &stop);
+                let t = std::thread::Builder::new()
+                    .name(format!("vcpu{index}"))
+                    .spawn_scoped(s, move || {
+                        if let Ok(mut id) = id.lock() {
+                            // SAFETY: pthread_self has no preconditions.
+                            *id = Some(unsafe { libc::pthread_self() } as usize);
+                        }
+                        let r = run_vcpu(index, vcpu, bus, counts, stop);
+                        if let Some(r) = r {
+                            if let Ok(mut o) = outcome.lock() {
+                                o.get_or_insert(r);
+                            }
+                        }
+                        stop.store(true, Ordering::SeqCst);
+                    });
+                match t {
+                    Ok(t) => threads.push((t, id)),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        if let Ok(mut o) = outcome.lock() {
+                            o.get_or_insert(Err(VmmError::Thread(e.to_string())));
+                        }
+                    }
+                }
+            }
+            // Wait for the first end, then kick the rest out of KVM_RUN
+            // until they are gone (a kick that lands outside KVM_RUN is
+            // lost, so keep kicking).
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            while threads.iter().any(|(t, _)| !t.is_finished()) {
+                for (_, id) in threads.iter().filter(|(t, _)| !t.is_finished()) {
+                    let Ok(id) = id.lock() else { continue };
+                    if let Some(id) = *id {
+                        // SAFETY: the thread is alive (scoped, not finished),
+                        // so its pthread_t is valid; the handler is a no-op.
+                        unsafe { libc::pthread_kill(id as libc::pthread_t, kick_signal()) };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        outcome
+            .into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err(VmmError::UnexpectedExit("no vCPU reported an end".into())))
+    }
+}
+
+/// Creates the VM, loads the guest and runs it until it powers off, with
+/// the console on `console` and test-device events logged to stderr.
 ///
 /// # Errors
 /// [`VmmError`] naming the step that failed.
-pub fn run(cfg: &VmConfig, console: impl Write) -> Result<GuestEnd, VmmError> {
-    let device = CString::new(cfg.device.as_os_str().as_encoded_bytes()).map_err(|_| {
-        VmmError::Memory(format!("device path {} contains NUL", cfg.device.display()))
-    })?;
-    let kvm = Kvm::new_with_path(&device).map_err(|source| VmmError::Open {
-        device: cfg.device.display().to_string(),
-        source,
-    })?;
-    let vm_type = if cfg.protected {
-        KVM_VM_TYPE_ARM_PROTECTED
-    } else {
+pub fn run(cfg: &VmConfig, console: impl Write + Send) -> Result<GuestEnd, VmmError> {
+    let mut machine = Machine::create(cfg)?;
+    let test = TestDevice::new(Box::new(|e, v| {
+        eprintln!(
+            "cloister-vmm: guest event {} {v:#x}",
+            test_dev::event::name(e)
+        );
         0
-    };
-    let vm = ioctl("KVM_CREATE_VM", kvm.create_vm_with_type(vm_type))?;
+    }));
+    let bus = Bus::new(console, test);
+    let counts = ExitCounts::default();
+    let end = machine.run(&bus, &counts);
+    eprintln!(
+        "cloister-vmm: guest shared {} and unshared {} pages; {} unclaimed MMIO accesses",
+        counts.shares.load(Ordering::Relaxed),
+        counts.unshares.load(Ordering::Relaxed),
+        counts.unclaimed_mmio.load(Ordering::Relaxed)
+    );
+    end
+}
 
-    let mem_size = cfg.mem_mib << 20;
-    let mem = GuestMemoryMmap::from_ranges(&[(
-        GuestAddress(RAM_BASE),
-        usize::try_from(mem_size).unwrap_or(usize::MAX),
-    )])
-    .map_err(|e| VmmError::Memory(e.to_string()))?;
-    register_memory(&vm, &mem)?;
-    let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
-    let initrd = match &cfg.initrd {
-        Some(path) => Some(load_initrd(&mem, path, loaded.end, fdt_addr(mem_size))?),
-        None => None,
-    };
-    let dtb = create_fdt(&FdtConfig {
-        vcpus: cfg.vcpus,
-        mem_size,
-        cmdline: cfg.cmdline.clone(),
-        initrd,
-    })
-    .map_err(|e| VmmError::Memory(format!("building the DTB: {e}")))?;
-    mem.write_slice(&dtb, GuestAddress(fdt_addr(mem_size)))
-        .map_err(|e| VmmError::Memory(e.to_string()))?;
-
-    let mut vcpus = Vec::new();
-    for i in 0..cfg.vcpus {
-        vcpus.push(create_vcpu(&vm, i, loaded.entry, fdt_addr(mem_size))?);
-    }
-    let mut uart = Pl011::new(console);
-    let boot = vcpus
-        .first_mut()
-        .ok_or_else(|| VmmError::UnexpectedExit("no vCPU".into()))?;
+/// One vCPU's loop; `None` when stopped from outside.
+fn run_vcpu<W: Write>(
+    index: usize,
+    vcpu: &mut VcpuFd,
+    bus: &Bus<W>,
+    counts: &ExitCounts,
+    stop: &AtomicBool,
+) -> Option<Result<GuestEnd, VmmError>> {
     loop {
-        match ioctl("KVM_RUN", boot.run())? {
-            VcpuExit::MmioRead(addr, data)
-                if (UART_BASE..UART_BASE + UART_SIZE).contains(&addr) =>
-            {
-                uart.read(addr - UART_BASE, data);
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(source) => {
+                return Some(Err(VmmError::Kvm {
+                    what: "KVM_RUN",
+                    source,
+                }))
             }
-            VcpuExit::MmioWrite(addr, data)
-                if (UART_BASE..UART_BASE + UART_SIZE).contains(&addr) =>
-            {
-                uart.write(addr - UART_BASE, data);
+        };
+        match exit {
+            VcpuExit::MmioRead(addr, data) => {
+                if !bus.read(addr, data) {
+                    counts.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            VcpuExit::MmioRead(_, data) => data.fill(0),
-            VcpuExit::MmioWrite(..) => {}
+            VcpuExit::MmioWrite(addr, data) => {
+                if !bus.write(addr, data) {
+                    counts.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             VcpuExit::SystemEvent(kind, _) => {
-                return Ok(match kind {
+                return Some(Ok(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestEnd::PowerOff,
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => GuestEnd::Reset,
                     other => GuestEnd::Other(other),
-                });
+                }));
             }
             VcpuExit::Hypercall(h) => {
-                // Share/unshare notices: nothing to do for a bare-metal guest.
+                match h.nr {
+                    MEM_SHARE_FUNC_ID => counts.shares.fetch_add(1, Ordering::Relaxed),
+                    MEM_UNSHARE_FUNC_ID => counts.unshares.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
                 *h.ret = 0;
             }
-            other => return Err(VmmError::UnexpectedExit(format!("{other:?}"))),
+            other => {
+                return Some(Err(VmmError::UnexpectedExit(format!(
+                    "vCPU {index}: {other:?}"
+                ))))
+            }
         }
     }
 }
+
+/// `ARM_SMCCC_VENDOR_HYP_KVM_MEM_SHARE_FUNC_ID`: the `nr` of a share notice.
+pub const MEM_SHARE_FUNC_ID: u64 = 0xc600_0003;
+/// `ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID`.
+pub const MEM_UNSHARE_FUNC_ID: u64 = 0xc600_0004;
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
