@@ -10,3 +10,4 @@
 
 pub mod parse;
 pub mod protocol;
+pub mod secret;

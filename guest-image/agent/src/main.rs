@@ -11,6 +11,11 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+#[cfg(target_arch = "aarch64")]
+mod probe;
+#[cfg(target_arch = "aarch64")]
+mod vms;
+
 use cloister_agent::parse;
 use cloister_agent::protocol::{Report, PROTOCOL_VERSION, RESULT_PORT_NAME, SCENARIO_CMDLINE_KEY};
 use cloister_hyp_core::abi::{self, exit, hc, vcpu_feature, vcpu_reg, vm_type};
@@ -48,6 +53,34 @@ const SCENARIOS: &[(&str, &str)] = &[
     (
         "vmm-no-device",
         "runs cloister-vmm against a missing device; reports its exit code",
+    ),
+    (
+        "conformance-protected",
+        "the bare-metal conformance guest as a protected VM under cloister-vmm; reports its TAP verdict",
+    ),
+    (
+        "conformance-normal",
+        "the conformance guest as a normal VM; reports its TAP verdict",
+    ),
+    (
+        "pvm-secret",
+        "a protected guest's secret read through the VMM mapping, /dev/mem and uaccess: private, shared, unshared, after teardown",
+    ),
+    (
+        "pvm-teardown",
+        "VMM exit and SIGKILL mid-run: every page back with the host, the secret nowhere in host RAM",
+    ),
+    (
+        "hyp-refusals",
+        "donating or sharing MMIO, unmapped, hyp and another guest's pages: each refused, ownership unchanged",
+    ),
+    (
+        "pkvm-promises",
+        "pkvm.rst: a protected VM's register ioctls and memslot changes after the first run get EPERM",
+    ),
+    (
+        "vmm-garbage",
+        "bad ioctls, regions and a vCPU run twice at once: mainline's errors, no oops",
     ),
 ];
 
@@ -161,6 +194,20 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "vmm-no-device" => vmm_without_device(),
         "guest-run" => guest_run(),
         "pvm-isolation" => pvm_isolation(),
+        #[cfg(target_arch = "aarch64")]
+        "conformance-protected" => vms::conformance(true),
+        #[cfg(target_arch = "aarch64")]
+        "conformance-normal" => vms::conformance(false),
+        #[cfg(target_arch = "aarch64")]
+        "pvm-secret" => vms::pvm_secret(),
+        #[cfg(target_arch = "aarch64")]
+        "pvm-teardown" => vms::pvm_teardown(),
+        #[cfg(target_arch = "aarch64")]
+        "hyp-refusals" => vms::hyp_refusals(),
+        #[cfg(target_arch = "aarch64")]
+        "pkvm-promises" => vms::pkvm_promises(),
+        #[cfg(target_arch = "aarch64")]
+        "vmm-garbage" => vms::vmm_garbage(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(

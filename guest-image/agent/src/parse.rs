@@ -26,8 +26,72 @@ pub fn entry_el<'a>(log_lines: impl IntoIterator<Item = &'a str>) -> Option<u8> 
     })
 }
 
+/// What a TAP stream said.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TapSummary {
+    /// N of the `1..N` plan (0 without a plan).
+    pub planned: usize,
+    /// `ok` lines.
+    pub passed: usize,
+    /// Each `not ok` line.
+    pub failed: Vec<String>,
+    /// The value of a `# cloister-conformance: <kind>` diagnostic.
+    pub kind: Option<String>,
+}
+
+/// Reads a TAP stream (the conformance guest's console).
+pub fn tap_summary(text: &str) -> TapSummary {
+    let mut s = TapSummary::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("1..") {
+            s.planned = n.trim().parse().unwrap_or(0);
+        } else if line.starts_with("not ok") {
+            s.failed.push(line.to_owned());
+        } else if line.starts_with("ok") {
+            s.passed += 1;
+        } else if let Some(kind) = line.strip_prefix("# cloister-conformance:") {
+            s.kind = Some(kind.trim().to_owned());
+        }
+    }
+    s
+}
+
+/// The top-level `System RAM` ranges of `/proc/iomem`, inclusive.
+pub fn system_ram_ranges(iomem: &str) -> Vec<(u64, u64)> {
+    iomem
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| {
+            let (range, name) = l.split_once(" : ")?;
+            if name.trim() != "System RAM" {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a.trim(), 16).ok()?,
+                u64::from_str_radix(b.trim(), 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tap_and_iomem() {
+        let t = super::tap_summary(
+            "# cloister-conformance: protected\n1..3\nok 1 - a\nnot ok 2 - b # got 1\nok 3 - c\n",
+        );
+        assert_eq!((t.planned, t.passed), (3, 2));
+        assert_eq!(t.failed, ["not ok 2 - b # got 1"]);
+        assert_eq!(t.kind.as_deref(), Some("protected"));
+        let iomem = "09000000-09000fff : pl011@9000000\n40000000-bfffffff : System RAM\n  40210000-41a3ffff : Kernel code\nc0000000-c0ffffff : reserved\n";
+        assert_eq!(
+            super::system_ram_ranges(iomem),
+            [(0x4000_0000, 0xbfff_ffff)]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -176,6 +176,7 @@ impl Machine {
             usize::try_from(mem_size).unwrap_or(usize::MAX),
         )])
         .map_err(|e| VmmError::Memory(e.to_string()))?;
+        dont_fork(&mem)?;
         register_memory(&vm, &mem)?;
         let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
         let initrd = match &cfg.initrd {
@@ -368,6 +369,26 @@ fn run_vcpu<W: Write>(
 pub const MEM_SHARE_FUNC_ID: u64 = 0xc600_0003;
 /// `ARM_SMCCC_VENDOR_HYP_KVM_MEM_UNSHARE_FUNC_ID`.
 pub const MEM_UNSHARE_FUNC_ID: u64 = 0xc600_0004;
+
+/// Keeps guest memory out of child processes (crosvm does the same): a
+/// fork would copy the pages the host driver pinned for the guest, and a
+/// protected guest's pages are not the host's to read.
+fn dont_fork(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for region in mem.iter() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmmError::Memory(e.to_string()))?;
+        let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
+        // SAFETY: advice on a mapping `mem` owns; it changes no contents.
+        if unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTFORK) } != 0 {
+            return Err(VmmError::Memory(format!(
+                "madvise(MADV_DONTFORK): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
