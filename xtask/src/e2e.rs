@@ -65,6 +65,45 @@ pub enum Expected {
     PvmPagesReclaimed,
     /// `after_reclaim` = zeroed: the secret is gone when the page returns.
     AfterReclaim,
+    /// A fact with a fixed expected value: key, value.
+    Is(&'static str, &'static str),
+    /// A refused host call: key, and the hyp core's encoding of the error;
+    /// the agent reports `x0 x1` and whether the ownership digest stayed
+    /// the same.
+    Refused(&'static str, Refusal),
+}
+
+/// The errors of the `hyp-refusals` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The frame is outside the memory the hyp manages (MMIO, holes).
+    OutOfRange,
+    /// The hyp owns the frame.
+    HypOwned,
+    /// A guest owns the frame.
+    GuestOwned,
+}
+
+impl Refusal {
+    /// The hyp core's encoding of the error.
+    fn regs(self) -> [u64; 4] {
+        use cloister_hyp_core::addr::Pfn;
+        use cloister_hyp_core::mem_protect::{MemProtectError, Owner, VmHandle};
+        let pfn = Pfn::new(0);
+        match self {
+            Refusal::OutOfRange => MemProtectError::OutOfRange { pfn, count: 1 }.to_regs(),
+            Refusal::HypOwned => MemProtectError::NotOwned {
+                pfn,
+                owner: Owner::Hyp,
+            }
+            .to_regs(),
+            Refusal::GuestOwned => MemProtectError::NotOwned {
+                pfn,
+                owner: Owner::Guest(VmHandle::new(0)),
+            }
+            .to_regs(),
+        }
+    }
 }
 
 impl Expected {
@@ -92,6 +131,7 @@ impl Expected {
             Expected::PvmExits => "pvm_exits",
             Expected::PvmPagesReclaimed => "pvm_pages_reclaimed",
             Expected::AfterReclaim => "after_reclaim",
+            Expected::Is(key, _) | Expected::Refused(key, _) => key,
         }
     }
 
@@ -160,6 +200,8 @@ impl Expected {
             }
             Expected::PvmPagesReclaimed => "2".to_owned(),
             Expected::AfterReclaim => "zeroed".to_owned(),
+            Expected::Is(_, value) => value.to_owned(),
+            Expected::Refused(_, refusal) => format!("{} unchanged", x0_x1(refusal.regs())),
         }
     }
 }
@@ -368,6 +410,116 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::PvmExits,
                 Expected::PvmPagesReclaimed,
                 Expected::AfterReclaim,
+            ],
+            true,
+        ),
+        agent(
+            "conformance-protected",
+            "the bare-metal conformance guest passes the pKVM guest ABI suite as a protected VM",
+            &[
+                Expected::Is("conformance", "pass"),
+                Expected::Is("conformance_kind", "protected"),
+                Expected::Is("vmm_exit", "0"),
+            ],
+            true,
+        ),
+        agent(
+            "conformance-normal",
+            "the conformance guest gets a normal VM's answers as a normal VM",
+            &[
+                Expected::Is("conformance", "pass"),
+                Expected::Is("conformance_kind", "normal"),
+                Expected::Is("vmm_exit", "0"),
+            ],
+            true,
+        ),
+        agent(
+            "pvm-secret",
+            "a protected guest's secret: the VMM mapping, /dev/mem and uaccess cannot read it; \
+             readable once shared, not after unshare; gone after teardown",
+            &[
+                Expected::Is("pvm_private_vmm", "SIGSEGV"),
+                Expected::Is("pvm_private_devmem", "SIGSEGV"),
+                Expected::Is("pvm_private_uaccess", "EFAULT"),
+                Expected::Is("pvm_shared_vmm", "secret"),
+                Expected::Is("pvm_unshared_vmm", "SIGSEGV"),
+                Expected::Is("pvm_end", "PowerOff"),
+                Expected::Is("pvm_after_teardown", "0 copies"),
+            ],
+            true,
+        ),
+        agent(
+            "pvm-teardown",
+            "after VMM exit and three SIGKILLs mid-run every page is back with the host \
+             and a scan of host RAM finds no secret",
+            &[
+                Expected::Is("teardown_vmm_exit", "0"),
+                Expected::Is("teardown_kills", "3"),
+                Expected::Is("teardown_pages_not_host_delta", "0"),
+                Expected::Is("teardown_live_vms_delta", "0"),
+                Expected::Is("teardown_secret_copies", "0"),
+            ],
+            true,
+        ),
+        agent(
+            "hyp-refusals",
+            "the hyp refuses MMIO, unmapped, hyp and another guest's pages (CVE-2023-21264 class) \
+             and the ownership database does not change",
+            &[
+                Expected::Refused("refuse_donate_mmio", Refusal::OutOfRange),
+                Expected::Refused("refuse_lend_mmio", Refusal::OutOfRange),
+                Expected::Refused("refuse_share_mmio_hyp", Refusal::OutOfRange),
+                Expected::Refused("refuse_donate_unmapped", Refusal::OutOfRange),
+                Expected::Refused("refuse_donate_hyp_page", Refusal::HypOwned),
+                Expected::Refused("refuse_lend_hyp_page", Refusal::HypOwned),
+                Expected::Refused("refuse_donate_other_guest_page", Refusal::GuestOwned),
+                Expected::Refused("refuse_lend_other_guest_page", Refusal::GuestOwned),
+                Expected::Refused("refuse_hyp_take_guest_page", Refusal::GuestOwned),
+                Expected::Refused("refuse_share_guest_page_hyp", Refusal::GuestOwned),
+                Expected::Is("refusals_page_back", "host"),
+            ],
+            true,
+        ),
+        agent(
+            "pkvm-promises",
+            "pkvm.rst: after a protected VM's first run, register ioctls and memslot \
+             moves and deletes get EPERM; a normal VM's work",
+            &[
+                Expected::Is("pvm_first_exit", "mmio-write 0xb000000"),
+                Expected::Is("pvm_get_reg_after_run", "EPERM"),
+                Expected::Is("pvm_set_reg_after_run", "EPERM"),
+                Expected::Is("pvm_end", "system-event 1"),
+                Expected::Is("pvm_move_slot_after_run", "EPERM"),
+                Expected::Is("pvm_delete_slot_after_run", "EPERM"),
+                Expected::Is("nvm_first_exit", "mmio-write 0xb000000"),
+                Expected::Is("nvm_get_reg_after_run", "ok"),
+                Expected::Is("nvm_set_reg_after_run", "ok"),
+                Expected::Is("nvm_end", "system-event 1"),
+                Expected::Is("nvm_move_slot_after_run", "ok"),
+                Expected::Is("nvm_delete_slot_after_run", "ok"),
+            ],
+            true,
+        ),
+        agent(
+            "vmm-garbage",
+            "bad ioctls, bad memory regions and a vCPU run twice at once get mainline's \
+             errors; no oops, no warning",
+            &[
+                Expected::Is("garbage_unknown_ioctl", "ENOTTY"),
+                Expected::Is("garbage_vm_type", "EINVAL"),
+                Expected::Is("garbage_region_ok", "ok"),
+                Expected::Is("garbage_region_overlap", "EEXIST"),
+                Expected::Is("garbage_region_unaligned", "EINVAL"),
+                Expected::Is("garbage_region_beyond_ipa", "EINVAL"),
+                Expected::Is("garbage_region_readonly", "EINVAL"),
+                Expected::Is("garbage_region_bad_hva", "EINVAL"),
+                Expected::Is("garbage_vcpu_id", "EINVAL"),
+                Expected::Is("garbage_vcpu_twice", "EEXIST"),
+                Expected::Is("garbage_run_before_init", "ENOEXEC"),
+                Expected::Is("garbage_init_features", "EINVAL"),
+                Expected::Is("garbage_unknown_reg", "ENOENT"),
+                Expected::Is("garbage_mmap_offset", "EINVAL"),
+                Expected::Is("garbage_run_twice", "EBUSY"),
             ],
             true,
         ),

@@ -631,6 +631,7 @@ pub fn pkvm_promises() -> Vec<Report> {
             &format!("{kind}_set_reg_after_run"),
             kvm_errno(v.vcpu.set_one_reg(REG_PC, &pc)),
         ));
+        out.push(fact(&format!("{kind}_end"), run_to_exit(&mut v.vcpu)));
         let moved = kvm_userspace_memory_region {
             guest_phys_addr: RAM_BASE + 0x100_0000,
             ..v.region
@@ -638,10 +639,10 @@ pub fn pkvm_promises() -> Vec<Report> {
         // SAFETY: the mapping stays alive in `v`.
         let r = unsafe { v.vm.set_user_memory_region(moved) };
         out.push(fact(&format!("{kind}_move_slot_after_run"), kvm_errno(r)));
-        out.push(fact(&format!("{kind}_end"), run_to_exit(&mut v.vcpu)));
+        let region = if r.is_ok() { moved } else { v.region };
         let deleted = kvm_userspace_memory_region {
             memory_size: 0,
-            ..v.region
+            ..region
         };
         // SAFETY: as above; deleting only unmaps.
         let r = unsafe { v.vm.set_user_memory_region(deleted) };
