@@ -816,6 +816,86 @@ proptest! {
         teardown_all(mp, &mut vms, &mut hal)?;
     }
 
+    /// Any trap a guest can cause (random vector, syndrome, addresses and
+    /// registers), followed by any `VCPU_RUN` flags and data the host can
+    /// send: the hyp never panics; a trap changes no page's owner (only
+    /// guest calls do, and they have their own property); a request that
+    /// does not fit what is pending is refused and changes nothing; the
+    /// PC only moves to the next instruction or to the guest's vectors.
+    #[test]
+    fn hostile_guest_traps_and_run_requests_never_panic(
+        steps in prop::collection::vec((
+            prop::bool::ANY,
+            prop_oneof![Just(8u64), Just(9), Just(11), any::<u64>()],
+            prop_oneof![
+                (0u64..0x40, any::<u32>()).prop_map(|(ec, iss)| ec << 26 | 1 << 25 | u64::from(iss & 0x1ff_ffff)),
+                any::<u64>(),
+            ],
+            prop_oneof![0x8000_0000u64..0x8002_0000, 0x0900_0000u64..0x0900_2000, any::<u64>()],
+            (0u64..4, any::<u64>()),
+            any::<[u64; 8]>(),
+        ), 1..40)
+    ) {
+        use crate::exits::{self, ExitAction, GuestTrap, RunRequest};
+        let mut mem = tu::memory();
+        let mut metas = tu::metas();
+        let mut hal = tu::hal(&mut mem);
+        let mut mp = tu::mem_protect(&mut metas, &mut hal);
+        let mut vms = VmTable::new();
+        let (Ok(p), Ok(n)) = (
+            vms.create_vm(VmKind::Protected, &mut hal),
+            vms.create_vm(VmKind::Normal, &mut hal),
+        ) else {
+            return Err(TestCaseError::fail("create"));
+        };
+        for h in [p, n] {
+            prop_assert!(vms.create_vcpu(h, 0, 0).is_ok());
+        }
+        let ram = Ipa::new(0x8000_0000);
+        prop_assert_eq!(vms.donate(&mut mp, p, tu::pfn(tu::HOST_FIRST), ram, 8, &mut hal), Ok(()));
+        prop_assert_eq!(vms.map_shared(&mut mp, n, tu::pfn(tu::HOST_FIRST + 8), ram, 4, &mut hal), Ok(()));
+        const VBAR: u64 = 0x8000_4000;
+        for (protected, vector, esr, ipa, (flags, data), regs) in &steps {
+            let h = if *protected { p } else { n };
+            let run = RunRequest { flags: *flags & abi::run_flag::ALL, data: if flags & 2 != 0 { *data } else { 0 } };
+            let before = full_snapshot(&mp, &vms, &hal);
+            if vms.settle_pending(h, 0, run, &hal).is_err() {
+                prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "refused run changed state");
+            }
+            prop_assert!(vms.vcpu_load(h, 0).is_ok());
+            let Some(ctx) = vms.loaded_context(h, 0) else {
+                return Err(TestCaseError::fail("ctx"));
+            };
+            // Only HVCs reach the guest ABI; make most of them harmless so
+            // the traps themselves are what varies.
+            ctx.x[..8].copy_from_slice(regs);
+            ctx.x[0] = u64::from(psci::VERSION);
+            ctx.sys.vbar_el1 = VBAR;
+            let pc = ctx.pc;
+            let owners: Vec<_> = mp.db().as_slice().iter().map(|m| m.owner()).collect();
+            let trap = GuestTrap { vector: *vector, esr: *esr, far: *ipa ^ 0xffff, ipa: *ipa };
+            let action = exits::handle_guest_exit(&mut vms, h, 0, trap, &mut mp, &mut hal);
+            let after: Vec<_> = mp.db().as_slice().iter().map(|m| m.owner()).collect();
+            prop_assert_eq!(owners, after);
+            let Some(ctx) = vms.loaded_context(h, 0) else {
+                return Err(TestCaseError::fail("ctx"));
+            };
+            let moved = ctx.pc.wrapping_sub(pc);
+            prop_assert!(
+                matches!(moved, 0 | 2 | 4) || ctx.pc & !0x600 == VBAR,
+                "pc {pc:#x} -> {:#x} after {trap:x?} -> {action:x?}", ctx.pc
+            );
+            if let ExitAction::Exit(r) = action {
+                prop_assert!(r[0] == ret::SUCCESS || r[0] == ret::INVALID_PARAMETER);
+            }
+            prop_assert_eq!(vms.vcpu_put(h, 0), Ok(()));
+            if let Err(msg) = check_all(&mp, &vms, &hal) {
+                return Err(TestCaseError::fail(format!("{trap:x?}: {msg}")));
+            }
+        }
+        teardown_all(mp, &mut vms, &mut hal)?;
+    }
+
     /// MEM_SHARE, MEM_UNSHARE and MMIO_GUARD from a protected guest agree
     /// with a model (a set of shared pages, a set of guarded pages) on
     /// pages around the end of its memory, and the host hears of exactly
