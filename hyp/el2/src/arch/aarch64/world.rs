@@ -139,6 +139,16 @@ const HCR_GUEST: u64 = (1 << 0) // VM
     | (1 << 40) // APK
     | (1 << 41); // API
 
+/// MDCR_EL2 bits set while a guest runs: its PMU, debug and OS-lock
+/// register accesses trap (and become undefined-instruction exceptions in
+/// the guest), so it can neither read nor change the host's state there
+/// (Armv8.0 bits only; debug exceptions stay the guest's: no TDE).
+const MDCR_GUEST_TRAPS: u64 = (1 << 5) // TPMCR
+    | (1 << 6) // TPM
+    | (1 << 9) // TDA
+    | (1 << 10) // TDOSA
+    | (1 << 11); // TDRA
+
 fn save_host(host: &mut HostEl1) {
     save_el1(&mut host.sys);
     host.sp_el1 = read_sysreg!("sp_el1");
@@ -199,6 +209,8 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     let host_hcr = read_sysreg!("hcr_el2");
     let host_vttbr = read_sysreg!("vttbr_el2");
     let host_vmpidr = read_sysreg!("vmpidr_el2");
+    let host_mdcr = read_sysreg!("mdcr_el2");
+    write_sysreg!("mdcr_el2", host_mdcr | MDCR_GUEST_TRAPS);
     write_sysreg!("vmpidr_el2", vmpidr);
     write_sysreg!("vttbr_el2", vttbr);
     write_sysreg!("hcr_el2", HCR_GUEST);
@@ -214,6 +226,7 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     write_sysreg!("hcr_el2", host_hcr);
     write_sysreg!("vttbr_el2", host_vttbr);
     write_sysreg!("vmpidr_el2", host_vmpidr);
+    write_sysreg!("mdcr_el2", host_mdcr);
     // SAFETY: as above; guest_enter has returned, so no one else writes it.
     let (host, guest) = unsafe { (&mut (*pcpu).host, &mut *ctx) };
     save_guest(guest);
