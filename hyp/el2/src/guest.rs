@@ -48,9 +48,8 @@ pub fn run_vcpu(handle: VmHandle, index: usize, run: RunRequest) -> [u64; 4] {
         // again until vcpu_put), its context lives in the static VM table,
         // and no lock is held while the guest runs.
         let trap = unsafe { arch::run_guest(ctx, vttbr, vmpidr) };
-        let action = with_vms(|mem, vms, hal| {
-            exits::handle_guest_exit(vms, handle, index, trap, mem, hal)
-        });
+        let action =
+            with_vms(|mem, vms, hal| exits::handle_guest_exit(vms, handle, index, trap, mem, hal));
         match action {
             Ok(ExitAction::Resume) => continue,
             Ok(ExitAction::Exit(regs)) => break regs,
