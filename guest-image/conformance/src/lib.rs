@@ -60,6 +60,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod dtb;
+pub mod secret;
 pub mod spec;
 pub mod suite;
 pub mod tap;

@@ -14,10 +14,11 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use cloister_conformance::dtb::{self, DtbError, DtbInfo};
+use cloister_conformance::secret;
 use cloister_conformance::spec::Exception;
 use cloister_conformance::suite::{self, Config, Platform};
 use cloister_conformance::tap::Tap;
-use cloister_hyp_core::guest_abi::psci;
+use cloister_hyp_core::guest_abi::{kvm, psci};
 
 global_asm!(include_str!("entry.S"));
 global_asm!(include_str!("vectors.S"));
@@ -57,6 +58,9 @@ static PAGES: [Page; 2] = [
     Page([const { AtomicU64::new(0) }; 512]),
     Page([const { AtomicU64::new(0) }; 512]),
 ];
+
+/// The page secret mode keeps its secret in.
+static SECRET_PAGE: Page = Page([const { AtomicU64::new(0) }; 512]);
 
 /// The registers vectors.S saves, in its order.
 #[repr(C)]
@@ -309,6 +313,49 @@ fn read_dtb(addr: u64) -> Result<DtbInfo<'static>, DtbError> {
     dtb::parse(blob)
 }
 
+/// Tells the test device `event` about the page at `ipa`.
+fn test_event(event: u32, ipa: u64) {
+    // IPAs of guest RAM fit the 32-bit VALUE write (RAM is below 4 GiB).
+    mmio_write32(
+        secret::TEST_DEV + secret::VALUE,
+        u32::try_from(ipa).unwrap_or(0),
+    );
+    mmio_write32(secret::TEST_DEV + secret::EVENT, event);
+}
+
+/// Secret mode (see `secret`): never returns.
+fn secret_mode(mode: secret::Mode, console: u64) -> ! {
+    let (seed, hold) = match mode {
+        secret::Mode::Walk { seed } => (seed, false),
+        secret::Mode::Hold { seed } => (seed, true),
+    };
+    let _ = hvc_raw([u64::from(kvm::MMIO_GUARD), secret::TEST_DEV, 0, 0]);
+    let mut s = seed;
+    for word in &SECRET_PAGE.0 {
+        s = secret::next(s);
+        word.store(s, SeqCst);
+    }
+    let ipa = core::ptr::from_ref(&SECRET_PAGE).addr() as u64;
+    test_event(secret::SECRET_READY, ipa);
+    if hold {
+        test_event(secret::HOLDING, ipa);
+        let _ = writeln!(Console(console), "# holding the secret at {ipa:#x}");
+        halt();
+    }
+    let share = hvc_raw([u64::from(kvm::MEM_SHARE), ipa, 0, 0]);
+    test_event(secret::SHARED, ipa);
+    let unshare = hvc_raw([u64::from(kvm::MEM_UNSHARE), ipa, 0, 0]);
+    test_event(secret::UNSHARED, ipa);
+    let _ = writeln!(
+        Console(console),
+        "# secret mode: share {:#x}, unshare {:#x}",
+        share[0],
+        unshare[0]
+    );
+    let _ = hvc_raw([u64::from(psci::SYSTEM_OFF), 0, 0, 0]);
+    halt()
+}
+
 /// Called by entry.S on the first vCPU with the DTB address from `x0`.
 #[no_mangle]
 extern "C" fn rust_main(dtb_addr: u64) -> ! {
@@ -326,6 +373,12 @@ extern "C" fn rust_main(dtb_addr: u64) -> ! {
     // No print before this: a protected guest must guard the console first.
     let boot = suite::boot(&mut hw, &cfg);
     CONSOLE.store(cfg.console, SeqCst);
+    let bootargs = cfg.dtb.ok().and_then(|d| d.bootargs).unwrap_or("");
+    match secret::mode(bootargs) {
+        None => {}
+        Some(Ok(mode)) => secret_mode(mode, cfg.console),
+        Some(Err(why)) => fatal(format_args!("{why}")),
+    }
     let mut tap = Tap::new(Console(cfg.console));
     let _ = suite::run(&mut hw, &cfg, &boot, &mut tap);
     let _ = suite::power_off(&mut hw, &mut tap);
