@@ -586,6 +586,28 @@ fn promise_vm(protected: bool) -> Result<PromiseVm, String> {
     })
 }
 
+/// Forks a child that exits at once; how it ended.
+fn fork_and_reap() -> String {
+    // SAFETY: the child only calls _exit.
+    match unsafe { libc::fork() } {
+        -1 => format!("fork failed: {}", std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: leaving the child without running any handler.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            if libc::WIFEXITED(status) {
+                format!("child exited {}", libc::WEXITSTATUS(status))
+            } else {
+                format!("child killed by signal {}", libc::WTERMSIG(status))
+            }
+        }
+    }
+}
+
 /// Runs until the first exit that reaches userspace; names it.
 fn run_to_exit(vcpu: &mut kvm_ioctls::VcpuFd) -> String {
     loop {
