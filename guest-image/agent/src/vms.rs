@@ -644,6 +644,9 @@ pub fn pkvm_promises() -> Vec<Report> {
             &format!("{kind}_first_exit"),
             run_to_exit(&mut v.vcpu),
         ));
+        // A VMM that forks with guest pages pinned (this mapping is not
+        // MADV_DONTFORK): the kernel must not copy a page the guest owns.
+        out.push(fact(&format!("{kind}_fork_after_run"), fork_and_reap()));
         let mut pc = [0u8; 8];
         out.push(fact(
             &format!("{kind}_get_reg_after_run"),
