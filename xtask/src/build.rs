@@ -11,14 +11,17 @@ use crate::cache::{self, short, KeyBuilder, Stamp};
 use crate::manifest::{self, Item, Manifest};
 use crate::stack::{self, Stack};
 use crate::stage::{run_stage, Outcome};
-use crate::{deps, disk, initramfs, kernel, pins, qemu};
+use crate::{board, deps, disk, initramfs, kernel, pins, qemu};
 
-/// `cargo xtask build-image [STACK] [--clean]`
+/// `cargo xtask build-image [STACK | --stack STACK] [--clean]`
 #[derive(Debug, clap::Args)]
 pub struct BuildImage {
-    /// Stack name (a file in stacks/ without .toml).
-    #[arg(default_value = crate::DEFAULT_STACK)]
-    stack: String,
+    /// Stack name (a file in stacks/ without .toml; default qemu-virt).
+    #[arg(value_name = "STACK", conflicts_with = "stack_flag")]
+    stack: Option<String>,
+    /// The stack as a flag, as `test`, `lava` and `flash` take it.
+    #[arg(long = "stack", value_name = "STACK")]
+    stack_flag: Option<String>,
     /// Throw away this stack's outputs and the shared caches, then build.
     #[arg(long)]
     clean: bool,
@@ -26,7 +29,14 @@ pub struct BuildImage {
 
 impl BuildImage {
     pub fn run(self) -> Result<()> {
-        build_image(&self.stack, self.clean).map(|_| ())
+        build_image(&self.stack_name(), self.clean).map(|_| ())
+    }
+
+    fn stack_name(&self) -> String {
+        self.stack
+            .clone()
+            .or_else(|| self.stack_flag.clone())
+            .unwrap_or_else(|| crate::DEFAULT_STACK.to_owned())
     }
 }
 
@@ -34,6 +44,9 @@ impl BuildImage {
 pub fn stack_dir(stack: &str) -> PathBuf {
     crate::cloister_dir().join(stack)
 }
+
+/// Manifest output name of a board DTB built from the kernel tree.
+pub const BOARD_DTB_OUTPUT: &str = "board-dtb";
 
 /// Path of a stack's manifest.
 pub fn manifest_path(stack: &str) -> PathBuf {
@@ -106,6 +119,26 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         )
     })?;
 
+    // A board DTB from the same kernel tree and build directory
+    // (`disk.kernel-dtb`), checked with the hyp's own DTB reader.
+    let board_dtb = match stack.file.disk.kernel_dtb {
+        Some(_) => Some(run_stage(&logs, "board-dtb", |stage| {
+            board::dtb_stage(stage, &stack, &tree, &kernel_dir, &out, &stamps)
+        })?),
+        None => None,
+    };
+    if let Some(board::BoardDtb {
+        path,
+        hyp_check: Err(why),
+    }) = &board_dtb
+    {
+        println!(
+            "warning: the Cloister hyp cannot boot this board yet: its DTB reader refuses {}: \
+             {why} (see docs/boards.md)",
+            path.display()
+        );
+    }
+
     let (busybox, busybox_deb) =
         run_stage(&logs, "busybox", |stage| deps::busybox(stage, &cache_dir))?;
 
@@ -115,6 +148,25 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     let vmm = run_stage(&logs, "vmm", |stage| {
         build_rust_binary(stage, &root, "cloister-vmm", MUSL, &shared_stamps)
     })?;
+    // The conformance guest: a bare-metal image the VMM loads as a raw
+    // binary, so the ELF is flattened like the hyp's.
+    let conformance = out.join("conformance.bin");
+    run_stage(&logs, "conformance", |stage| {
+        let (elf, outcome) = build_rust_binary(
+            stage,
+            &root,
+            "cloister-conformance",
+            BARE_METAL,
+            &shared_stamps,
+        )?;
+        stage.run(
+            Command::new("aarch64-linux-gnu-objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&conformance),
+        )?;
+        Ok(((), outcome))
+    })?;
 
     let overlay = root.join("stacks/rootfs/host");
     let initrd = out.join("host-initramfs.cpio");
@@ -122,7 +174,8 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         let mut key = KeyBuilder::new("host-initramfs");
         key.add_file("busybox", &busybox)?
             .add_file("agent", &agent)?
-            .add_file("vmm", &vmm)?;
+            .add_file("vmm", &vmm)?
+            .add_file("conformance", &conformance)?;
         for entry in initramfs::overlay_entries(&overlay)? {
             key.add_str("overlay", &format!("{entry:?}"));
         }
@@ -136,6 +189,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             std::fs::read(&busybox)?,
             std::fs::read(&agent)?,
             std::fs::read(&vmm)?,
+            std::fs::read(&conformance)?,
             &overlay,
         )?;
         let mut bytes = Vec::new();
@@ -198,14 +252,22 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
 
     // The board disk image: cloister.img, its boot script and uEnv.txt in a
     // FAT boot partition (disk.enabled needs the hyp, checked by stack::load).
+    let dtb = board_dtb
+        .as_ref()
+        .map(|b| b.path.as_path())
+        .or(stack.dtb_path.as_deref());
     let disk_outputs = if stack.file.disk.enabled {
         let (disk_img, boot_scr) = run_stage(&logs, "disk-image", |stage| {
-            disk::build_stage(stage, &stack, &out, &cloister_img, &stamps)
+            disk::build_stage(stage, &stack, dtb, &out, &cloister_img, &stamps)
         })?;
-        vec![
+        let mut items = vec![
             Item::file(qemu::DISK_OUTPUT, &disk_img, None)?,
             Item::file("boot-script", &boot_scr, None)?,
-        ]
+        ];
+        if let Some(b) = &board_dtb {
+            items.push(Item::file(BOARD_DTB_OUTPUT, &b.path, None)?);
+        }
+        items
     } else {
         Vec::new()
     };
@@ -276,6 +338,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             Item::file("host-initramfs", &initrd, None)?,
             Item::file("cloister-agent", &agent, None)?,
             Item::file("cloister-vmm", &vmm, None)?,
+            Item::file(manifest::CONFORMANCE_GUEST, &conformance, None)?,
         ]
         .into_iter()
         .chain(hyp_outputs)
@@ -379,6 +442,27 @@ fn deb_version(deb: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        build: BuildImage,
+    }
+
+    #[test]
+    fn the_stack_is_positional_or_a_flag_and_defaults_to_qemu_virt() {
+        use clap::Parser;
+        let name = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("build-image").chain(args.iter().copied()))
+                .map(|c| c.build.stack_name())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(name(&["rock5b"]).unwrap(), "rock5b");
+        assert_eq!(name(&["--stack", "rock5b"]).unwrap(), "rock5b");
+        assert_eq!(name(&[]).unwrap(), crate::DEFAULT_STACK);
+        let err = name(&["qemu-virt", "--stack", "rock5b"]).unwrap_err();
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
 
     #[test]
     fn deb_version_is_read_from_the_file_name() {

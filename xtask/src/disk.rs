@@ -487,6 +487,10 @@ pub fn boot_script(dtb: Option<&str>) -> String {
          # `cargo xtask build-image`; boot.scr is this file wrapped by mkimage.\n\
          # The kernel command line is `bootargs=` in uEnv.txt beside it.\n",
     );
+    // Distro boot's scripts and current bootstd set `distro_bootpart`;
+    // older bootstd (U-Boot's script bootmeth before it learnt to) sets only
+    // devtype, devnum and prefix. The boot partition is partition 1.
+    s.push_str("test -n \"${distro_bootpart}\" || setenv distro_bootpart 1\n");
     s.push_str(&format!(
         "echo \"cloister: boot script on {part}\"\n\
          if load {part} ${{ramdisk_addr_r}} ${{prefix}}{BOOT_ENV}; then\n\
@@ -717,10 +721,13 @@ const FORMAT_VERSION: &str = "3";
 
 /// The `disk-image` build stage: writes `boot.cmd`, `boot.scr` (mkimage) and
 /// `cloister-<stack>.img` into `out`; returns the image's and boot.scr's
-/// paths. Cached on everything that goes into the image.
+/// paths. `dtb` is the board DTB for the boot partition (the stack's
+/// `disk.dtb`, or the one built for `disk.kernel-dtb`). Cached on
+/// everything that goes into the image.
 pub fn build_stage(
     stage: &mut Stage,
     stack: &Stack,
+    dtb: Option<&Path>,
     out: &Path,
     cloister_img: &Path,
     stamps: &Path,
@@ -729,9 +736,7 @@ pub fn build_stage(
     let image = image_path(out, &stack.name);
     let script_src = out.join(BOOT_SCRIPT_SOURCE);
     let script_img = out.join(BOOT_SCRIPT);
-    let dtb_name = stack
-        .dtb_path
-        .as_deref()
+    let dtb_name = dtb
         .and_then(Path::file_name)
         .and_then(|n| n.to_str())
         .map(str::to_owned);
@@ -753,7 +758,7 @@ pub fn build_stage(
         .add_str("uenv", &env)
         .add_str("mkimage", &mkimage)
         .add_file("cloister-img", cloister_img)?;
-    if let Some(dtb) = &stack.dtb_path {
+    if let Some(dtb) = dtb {
         key.add_file("dtb", dtb)?;
     }
     let key = key.finish();
@@ -773,7 +778,7 @@ pub fn build_stage(
         BootFile::new(BOOT_SCRIPT_SOURCE, script),
         BootFile::new(BOOT_ENV, env),
     ];
-    if let (Some(dtb), Some(name)) = (&stack.dtb_path, &dtb_name) {
+    if let (Some(dtb), Some(name)) = (dtb, &dtb_name) {
         let data = std::fs::read(dtb).with_context(|| format!("reading {}", dtb.display()))?;
         files.push(BootFile::new(name, data));
     }
@@ -1189,6 +1194,13 @@ mod tests {
             .count();
         let fis = s.lines().filter(|l| l.trim() == "fi").count();
         assert_eq!((ifs, fis), (2, 2), "{s}");
+
+        // A U-Boot that does not set distro_bootpart reads partition 1.
+        let first = s.lines().find(|l| !l.starts_with('#')).unwrap_or_default();
+        assert_eq!(
+            first, "test -n \"${distro_bootpart}\" || setenv distro_bootpart 1",
+            "{s}"
+        );
 
         let d = boot_script(Some("rk3588-rock-5b.dtb"));
         assert!(

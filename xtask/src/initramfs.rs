@@ -144,13 +144,19 @@ fn walk(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
+/// Where the host image keeps the conformance guest (a raw aarch64 binary
+/// for `cloister-vmm`).
+pub const CONFORMANCE_GUEST_PATH: &str = "/lib/cloister/conformance.bin";
+
 /// The host initramfs: busybox for the demo shell (busybox init as /init,
-/// configured by the overlay's /etc/inittab), the VMM, and the test agent,
-/// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`.
+/// configured by the overlay's /etc/inittab), the VMM, the test agent,
+/// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`,
+/// and the conformance guest at [`CONFORMANCE_GUEST_PATH`].
 pub fn host_entries(
     busybox: Vec<u8>,
     agent: Vec<u8>,
     vmm: Vec<u8>,
+    conformance: Vec<u8>,
     overlay: &Path,
 ) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = [
@@ -164,6 +170,8 @@ pub fn host_entries(
         "/sys",
         "/tmp",
         "/root",
+        "/lib",
+        "/lib/cloister",
     ]
     .into_iter()
     .map(|p| Entry::Dir {
@@ -206,6 +214,11 @@ pub fn host_entries(
             path: "/bin/cloister-vmm".into(),
             mode: 0o755,
             data: vmm,
+        },
+        Entry::File {
+            path: CONFORMANCE_GUEST_PATH.into(),
+            mode: 0o644,
+            data: conformance,
         },
     ]);
     entries.extend(overlay_entries(overlay)?);
@@ -314,8 +327,14 @@ mod tests {
     #[test]
     fn host_image_has_init_agent_and_overlay() {
         let overlay = crate::project_root().join("stacks/rootfs/host");
-        let entries =
-            host_entries(b"bb".to_vec(), b"agent".to_vec(), b"vmm".to_vec(), &overlay).unwrap();
+        let entries = host_entries(
+            b"bb".to_vec(),
+            b"agent".to_vec(),
+            b"vmm".to_vec(),
+            b"guest".to_vec(),
+            &overlay,
+        )
+        .unwrap();
         let mut archive = Vec::new();
         write_newc(&entries, &mut archive).unwrap();
         let names: Vec<String> = read_back(&archive).into_iter().map(|e| e.0).collect();
@@ -324,6 +343,7 @@ mod tests {
             "bin/busybox",
             "sbin/cloister-agent",
             "bin/cloister-vmm",
+            "lib/cloister/conformance.bin",
             "dev/console",
             "etc/inittab",
             "etc/init.d/rcS",
@@ -338,5 +358,10 @@ mod tests {
             .find(|e| e.0 == "etc/init.d/rcS")
             .unwrap();
         assert_eq!(rcs.1 & 0o111, 0o111, "rcS must stay executable");
+        let guest = read_back(&archive)
+            .into_iter()
+            .find(|e| e.0 == CONFORMANCE_GUEST_PATH.trim_start_matches('/'))
+            .unwrap();
+        assert_eq!((guest.1, guest.3.as_slice()), (0o100644, &b"guest"[..]));
     }
 }

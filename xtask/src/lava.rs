@@ -2,8 +2,10 @@
 //! that run the e2e scenarios as LAVA test cases, one case per scenario, and
 //! a local run of them with LAVA's own dispatcher (`lava-run`).
 //!
-//! A job boots the stack on a LAVA device (today the `qemu` device type,
-//! with the stack's machine, CPU, memory and CPU count), waits for the demo
+//! A job boots the stack on a LAVA device (the `qemu` device type with the
+//! stack's machine, CPU, memory and CPU count; or, for a stack with
+//! `[board]`, the lab's device type for the board, with TFTP and U-Boot's
+//! `booti`: [`UBootBoardProfile`]), waits for the demo
 //! shell's prompt and runs `cloister-agent <scenario>` for each scenario.
 //! The verdict is decided on the device, by a shell function that applies
 //! the e2e runner's rules to the agent's report (hello line, every expected
@@ -28,7 +30,11 @@
 //!
 //! Every written job and device dictionary is checked with LAVA's own schema
 //! (`lava_common.schemas`); a rejected one is an error naming the file and
-//! the field. Adding a board device type means one more [`DeviceProfile`].
+//! the field.
+//!
+//! `cargo xtask test` runs [`TEST_RUN_SCENARIOS`] once more as a LAVA job
+//! ([`check_against_test_run`]) and requires LAVA's per-case results to be
+//! the verdicts the test run itself got.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -218,7 +224,20 @@ pub fn plan(stack: &Stack, kernel_release: &str, scenarios: &[e2e::Scenario]) ->
             not_run.push((s.name, not_run_reason(&s.kind)));
             continue;
         };
-        let smp = s.smp.unwrap_or(stack.file.qemu.smp);
+        let smp = match (&stack.file.board, s.smp) {
+            (Some(_), Some(n)) => {
+                not_run.push((
+                    s.name,
+                    format!(
+                        "boots QEMU with -smp {n}; a board has the CPUs it has \
+                         (`board.cpus`)"
+                    ),
+                ));
+                continue;
+            }
+            (Some(board), None) => board.cpus,
+            (None, n) => n.unwrap_or(stack.file.qemu.smp),
+        };
         let case = Case {
             name: s.name,
             agent_scenario,
@@ -227,7 +246,7 @@ pub fn plan(stack: &Stack, kernel_release: &str, scenarios: &[e2e::Scenario]) ->
         match jobs.iter_mut().find(|j| j.smp == smp) {
             Some(job) => job.cases.push(case),
             None => jobs.push(JobPlan {
-                stem: if smp == stack.file.qemu.smp {
+                stem: if stack.file.board.is_some() || smp == stack.file.qemu.smp {
                     stack.name.clone()
                 } else {
                     format!("{}-smp{smp}", stack.name)
@@ -270,20 +289,31 @@ pub enum TestStyle {
     Interactive,
 }
 
-/// The shell function every job defines first. Arguments: case name,
-/// agent scenario, hello-line prefix and suffix, done line, fact lines.
+/// Where `cloister_want` keeps expected lines for the next case (the host's
+/// /tmp is a tmpfs); `$CLOISTER_WANT` overrides it.
+const WANT_FILE: &str = "/tmp/cloister-want";
+
+/// The shell functions every job defines first. `cloister_case` takes the
+/// case name, agent scenario, hello-line prefix and suffix, done line and
+/// fact lines, plus any fact lines `cloister_want` stored before it (for a
+/// case too long to type as one line); it uses and removes them.
 pub fn case_function(style: TestStyle) -> String {
     let report = match style {
         TestStyle::Shell => "lava-test-case \"$n\" --result \"$r\"".to_owned(),
         TestStyle::Interactive => format!("echo \"{CASE_MARK} $n $r\""),
     };
     format!(
-        "cloister_case() {{ n=$1; s=$2; h=$3; t=$4; d=$5; shift 5; \
+        "cloister_want() {{ for x in \"$@\"; do printf '%s\\n' \"$x\"; done \
+         >> \"${{CLOISTER_WANT:-{WANT_FILE}}}\"; }}; \
+         cloister_case() {{ n=$1; s=$2; h=$3; t=$4; d=$5; shift 5; \
          o=$(\"${{CLOISTER_AGENT:-{AGENT_PATH}}}\" \"$s\") || true; \
          printf '%s\\n' \"$o\" | sed \"s/^/{REPORT_MARK} $n /\"; r=pass; \
          f=$(printf '%s\\n' \"$o\" | head -n 1); case \"$f\" in \"$h\"*\"$t\") ;; *) r=fail ;; esac; \
          l=$(printf '%s\\n' \"$o\" | tail -n 1); [ \"$l\" = \"$d\" ] || r=fail; \
          for x in \"$@\"; do printf '%s\\n' \"$o\" | grep -qxF -e \"$x\" || r=fail; done; \
+         w=${{CLOISTER_WANT:-{WANT_FILE}}}; if [ -f \"$w\" ]; then \
+         while IFS= read -r x; do printf '%s\\n' \"$o\" | grep -qxF -e \"$x\" || r=fail; done < \"$w\"; \
+         rm -f \"$w\"; fi; \
          {report}; }}"
     )
 }
@@ -291,6 +321,69 @@ pub fn case_function(style: TestStyle) -> String {
 /// The call of [`case_function`] for one case: the exact lines the agent
 /// must print come from the protocol's own encoder.
 pub fn case_command(case: &Case, exp: &Expectations) -> String {
+    let (head, facts) = case_words(case, exp);
+    head.iter()
+        .chain(&facts)
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// [`case_command`] as lines of at most `max` characters, for a shell
+/// that cannot take a longer typed line: when the one command is too long,
+/// `cloister_want` lines carry its fact lines first and the last line is
+/// the `cloister_case` call without them. Fails when one fact alone is too
+/// long.
+pub fn case_commands(case: &Case, exp: &Expectations, max: usize) -> Result<Vec<String>> {
+    let whole = case_command(case, exp);
+    if whole.len() <= max {
+        return Ok(vec![whole]);
+    }
+    let (head, facts) = case_words(case, exp);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for fact in &facts {
+        let word = shell_quote(fact);
+        if !line.is_empty() && line.len() + 1 + word.len() > max {
+            lines.push(std::mem::take(&mut line));
+        }
+        if line.is_empty() {
+            line = format!("cloister_want {word}");
+            if line.len() > max {
+                bail!(
+                    "case {}: the expected line {fact} alone makes a {}-character command, more \
+                     than the {max} a typed line may have",
+                    case.name,
+                    line.len()
+                );
+            }
+        } else {
+            line.push(' ');
+            line.push_str(&word);
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    let call = head
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if call.len() > max {
+        bail!(
+            "case {}: its call is {} characters without its facts, more than {max}",
+            case.name,
+            call.len()
+        );
+    }
+    lines.push(call);
+    Ok(lines)
+}
+
+/// The words of a case's call: the function, name, scenario, hello prefix
+/// and suffix and done line; then the fact lines.
+fn case_words(case: &Case, exp: &Expectations) -> (Vec<String>, Vec<String>) {
     const MARK: &str = "\u{1}agent\u{1}";
     let hello = Report::Hello {
         protocol: PROTOCOL_VERSION,
@@ -305,7 +398,7 @@ pub fn case_command(case: &Case, exp: &Expectations) -> String {
     let prefix = format!("{prefix}\"");
     let suffix = format!("\"{suffix}");
     let done = Report::Done { ok: true }.to_line();
-    let mut words = vec![
+    let head = vec![
         "cloister_case".to_owned(),
         case.name.to_owned(),
         case.agent_scenario.to_owned(),
@@ -313,20 +406,18 @@ pub fn case_command(case: &Case, exp: &Expectations) -> String {
         suffix,
         done,
     ];
-    for fact in case.facts {
-        words.push(
+    let facts = case
+        .facts
+        .iter()
+        .map(|fact| {
             Report::Fact {
                 key: fact.key().to_owned(),
                 value: fact.value(exp),
             }
-            .to_line(),
-        );
-    }
-    words
-        .iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
+            .to_line()
+        })
+        .collect();
+    (head, facts)
 }
 
 // ---------------------------------------------------------------------------
@@ -339,20 +430,18 @@ pub struct Artifact {
     pub sha256: String,
 }
 
-/// How jobs for one LAVA device type are written. QEMU is the only one
-/// today. A board adds an implementation (its device type, deploy to tftp
-/// or through the lab's SD mux, boot method `u-boot` with `booti` of
-/// `cloister.img`, `local_device` None because the lab owns the device
-/// dictionary) and an arm in [`profile_for`].
+/// How jobs for one LAVA device type are written: [`QemuProfile`] for the
+/// QEMU stacks, [`UBootBoardProfile`] for a board stack (`[board]`).
 pub trait DeviceProfile: std::fmt::Debug {
     /// LAVA's `device_type`.
-    fn device_type(&self) -> &'static str;
+    fn device_type(&self) -> &str;
     /// How the cases reach LAVA on this device.
     fn test_style(&self) -> TestStyle;
     /// The files the jobs download, by LAVA image label.
     fn artifacts(&self) -> Vec<(&'static str, PathBuf)>;
-    /// The job's `context` (device-type template variables) for `smp` CPUs.
-    fn context(&self, smp: u32) -> Value;
+    /// The job's `context` (device-type template variables) for `smp` CPUs;
+    /// None when the device type needs none.
+    fn context(&self, smp: u32) -> Option<Value>;
     /// The deploy and boot actions.
     fn deploy_and_boot(&self, artifacts: &BTreeMap<&'static str, Artifact>) -> Vec<Value>;
     /// The device dictionary `lava-run` needs, rendered for this job's
@@ -386,7 +475,7 @@ pub enum QemuBoot {
 }
 
 impl DeviceProfile for QemuProfile {
-    fn device_type(&self) -> &'static str {
+    fn device_type(&self) -> &str {
         "qemu"
     }
 
@@ -418,16 +507,16 @@ impl DeviceProfile for QemuProfile {
         }
     }
 
-    fn context(&self, smp: u32) -> Value {
+    fn context(&self, smp: u32) -> Option<Value> {
         let mut extra = vec![format!("-smp {smp}")];
         extra.extend(self.extra_args.iter().cloned());
-        json!({
+        Some(json!({
             "arch": "arm64",
             "machine": self.machine,
             "cpu": self.cpu,
             "memory": self.memory_mib,
             "extra_options": extra,
-        })
+        }))
     }
 
     fn deploy_and_boot(&self, artifacts: &BTreeMap<&'static str, Artifact>) -> Vec<Value> {
@@ -535,8 +624,108 @@ impl DeviceProfile for QemuProfile {
     }
 }
 
+/// A board in a LAVA lab booted by U-Boot (a stack with `[board]`): TFTP
+/// deploy of `cloister.img` and the board DTB, U-Boot's `booti` of them
+/// with the stack's command line, then the interactive test on the serial
+/// console. The lab owns the device dictionary (no `lava-run` here).
+#[derive(Debug, Clone)]
+pub struct UBootBoardProfile {
+    /// The lab's device type (`board.lava-device-type`).
+    pub device_type: String,
+    pub kernel: PathBuf,
+    pub dtb: PathBuf,
+    pub cmdline: String,
+}
+
+impl DeviceProfile for UBootBoardProfile {
+    fn device_type(&self) -> &str {
+        &self.device_type
+    }
+
+    fn test_style(&self) -> TestStyle {
+        // cloister.img boots its own initramfs; LAVA's overlay cannot reach it.
+        TestStyle::Interactive
+    }
+
+    fn artifacts(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![("kernel", self.kernel.clone()), ("dtb", self.dtb.clone())]
+    }
+
+    fn context(&self, _smp: u32) -> Option<Value> {
+        // The device type's own defaults (console, baud rate, load
+        // addresses) are the board's.
+        None
+    }
+
+    fn deploy_and_boot(&self, artifacts: &BTreeMap<&'static str, Artifact>) -> Vec<Value> {
+        let image = |label: &str| {
+            artifacts.get(label).map_or(
+                Value::Null,
+                |a| json!({"url": a.url, "sha256sum": a.sha256}),
+            )
+        };
+        let mut kernel = image("kernel");
+        // cloister.img has an arm64 Image header: `booti`.
+        kernel["type"] = json!("image");
+        vec![
+            json!({"deploy": {
+                "to": "tftp",
+                "timeout": {"minutes": 10},
+                "kernel": kernel,
+                "dtb": image("dtb"),
+            }}),
+            json!({"boot": {
+                "method": "u-boot",
+                "timeout": {"minutes": 10},
+                // LAVA substitutes the placeholders from the device type:
+                // {BOOTX} is `booti <kernel addr> - <dtb addr>`.
+                "commands": [
+                    "setenv autoload no",
+                    "dhcp",
+                    "setenv serverip {SERVER_IP}",
+                    "tftp {KERNEL_ADDR} {KERNEL}",
+                    "tftp {DTB_ADDR} {DTB}",
+                    format!("setenv bootargs '{}'", self.cmdline),
+                    "{BOOTX}",
+                ],
+                "prompts": [PROMPT],
+            }}),
+        ]
+    }
+
+    fn local_device(&self, _smp: u32) -> Option<Value> {
+        None
+    }
+}
+
 /// The LAVA device profile for a stack.
-pub fn profile_for(stack: &Stack, paths: &ArtifactPaths) -> Result<Box<dyn DeviceProfile>> {
+pub fn profile_for(stack: &Stack, manifest: &Manifest) -> Result<Box<dyn DeviceProfile>> {
+    let paths = ArtifactPaths::from_manifest(manifest)?;
+    if let Some(board) = &stack.file.board {
+        let cmdline = stack.file.kernel.cmdline.clone();
+        if cmdline.contains(['\'', '\n']) {
+            bail!(
+                "{}: key `kernel.cmdline` contains a single quote or a newline, which U-Boot's \
+                 `setenv bootargs '...'` cannot carry",
+                stack.path.display()
+            );
+        }
+        let dtb = manifest
+            .output(crate::build::BOARD_DTB_OUTPUT)
+            .with_context(|| {
+                format!(
+                    "stack {} is a board ({}) but its manifest lists no board DTB; set \
+                 `disk.kernel-dtb` and rebuild",
+                    stack.name, board.name
+                )
+            })?;
+        return Ok(Box::new(UBootBoardProfile {
+            device_type: board.lava_device_type.clone(),
+            kernel: paths.kernel.clone(),
+            dtb: dtb.to_path_buf(),
+            cmdline,
+        }));
+    }
     let q = &stack.file.qemu;
     let boot = match (&paths.firmware, &paths.disk) {
         (Some(firmware), Some(disk)) => QemuBoot::Disk {
@@ -645,17 +834,20 @@ pub fn job_definition(
             })
         }
         TestStyle::Interactive => {
-            for line in std::iter::once(&function).chain(commands.iter().map(|(_, c)| c)) {
-                if line.len() > MAX_TYPED_LINE {
-                    bail!(
-                        "an interactive command is {} characters, more than the {MAX_TYPED_LINE} \
-                         busybox's line editor keeps: {line}",
-                        line.len()
-                    );
-                }
+            if function.len() > MAX_TYPED_LINE {
+                bail!(
+                    "an interactive command is {} characters, more than the {MAX_TYPED_LINE} \
+                     busybox's line editor keeps: {function}",
+                    function.len()
+                );
             }
             let mut script = vec![json!({"command": function})];
-            for (case, cmd) in &commands {
+            for (case, _) in &commands {
+                // busybox's line editor keeps at most MAX_TYPED_LINE
+                // characters: long fact lists go first, via cloister_want.
+                let mut lines = case_commands(case, &job.expectations, MAX_TYPED_LINE)?;
+                let cmd = lines.pop().unwrap_or_default();
+                script.extend(lines.into_iter().map(|l| json!({ "command": l })));
                 script.push(json!({
                     "command": cmd,
                     "name": case.name,
@@ -678,9 +870,9 @@ pub fn job_definition(
         .iter()
         .map(|(n, why)| ((*n).to_owned(), Value::String(why.clone())))
         .collect();
-    Ok(json!({
+    let mut def = json!({
         "device_type": profile.device_type(),
-        "job_name": format!("cloister {} e2e ({} cases, -smp {})", job.stem, job.cases.len(), job.smp),
+        "job_name": format!("cloister {} e2e ({} cases, {} CPUs)", job.stem, job.cases.len(), job.smp),
         "timeouts": {
             "job": {"minutes": JOB_MINUTES},
             "action": {"minutes": 20},
@@ -688,7 +880,6 @@ pub fn job_definition(
         },
         "priority": "medium",
         "visibility": "public",
-        "context": profile.context(job.smp),
         "metadata": {
             "cloister.stack": stack_name,
             "cloister.git": git,
@@ -696,7 +887,11 @@ pub fn job_definition(
             "cloister.not-run": not_run,
         },
         "actions": actions,
-    }))
+    });
+    if let Some(context) = profile.context(job.smp) {
+        def["context"] = context;
+    }
+    Ok(def)
 }
 
 fn regex_escape(s: &str) -> String {
@@ -718,9 +913,19 @@ pub fn generate(
     out: &Path,
     artifact_url: Option<&str>,
 ) -> Result<Generated> {
-    let paths = ArtifactPaths::from_manifest(manifest)?;
-    let profile = profile_for(stack, &paths)?;
-    let plan = plan(stack, &manifest.kernel_release, &e2e::scenarios());
+    generate_scenarios(stack, manifest, out, artifact_url, &e2e::scenarios())
+}
+
+/// [`generate`] for the given scenarios only.
+pub fn generate_scenarios(
+    stack: &Stack,
+    manifest: &Manifest,
+    out: &Path,
+    artifact_url: Option<&str>,
+    scenarios: &[e2e::Scenario],
+) -> Result<Generated> {
+    let profile = profile_for(stack, manifest)?;
+    let plan = plan(stack, &manifest.kernel_release, scenarios);
     if plan.jobs.is_empty() {
         bail!("stack {} has no scenario LAVA can run", stack.name);
     }
@@ -1267,6 +1472,143 @@ fn report_run(job: &GeneratedJob, run: &Run) -> Vec<Verdict> {
         println!("  full LAVA log: {}", run.log.display());
     }
     verdicts
+}
+
+// ---------------------------------------------------------------------------
+// `cargo xtask test`: the same scenarios under lava-run.
+
+/// The scenarios `cargo xtask test` also runs through LAVA: the fewest that
+/// prove the plumbing end to end (one job, one boot under `lava-run`): the
+/// agent's hello and done lines (`boot`) and a fact whose expected value the
+/// runner writes into the job for the stack (`entry-el`).
+pub const TEST_RUN_SCENARIOS: [&str; 2] = ["boot", "entry-el"];
+
+/// Runs [`TEST_RUN_SCENARIOS`] on `stack` (already built) as a LAVA job
+/// with `lava-run`, in `out`, and checks that LAVA records a result for each
+/// and that it is the verdict `cargo xtask test` got for the same scenario
+/// (`test_run(name)`; None when it did not run). Installs LAVA's dispatcher
+/// first (as root; otherwise fails with the apt-get line).
+pub fn check_against_test_run(
+    stack: &Stack,
+    out: &Path,
+    test_run: &dyn Fn(&str) -> Option<Verdict>,
+) -> Verdict {
+    let scenarios: Vec<e2e::Scenario> = e2e::scenarios()
+        .into_iter()
+        .filter(|s| TEST_RUN_SCENARIOS.contains(&s.name))
+        .filter(|s| {
+            matches!(
+                test_run(s.name),
+                Some(Verdict::Pass) | Some(Verdict::Fail(_))
+            )
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return Verdict::Skip(format!(
+            "none of {} ran on {} in this run: nothing to compare",
+            TEST_RUN_SCENARIOS.join(", "),
+            stack.name
+        ));
+    }
+    let run = || -> Result<Vec<String>> {
+        ensure_packages(RUN_PACKAGES, &out.join("logs"))?;
+        let manifest = Manifest::load(&crate::build::manifest_path(&stack.name))?;
+        let generated = generate_scenarios(stack, &manifest, out, None, &scenarios)?;
+        validate_files(&generated.files_to_validate())?;
+        let mut problems = Vec::new();
+        for (i, job) in generated.jobs.iter().enumerate() {
+            let job_id = std::process::id()
+                .wrapping_mul(10)
+                .wrapping_add(u32::try_from(i).unwrap_or(0));
+            let run = run_job(job, job_id, &out.join("runs").join(&job.stem))?;
+            let mut mine = Vec::new();
+            for (name, agrees) in compare_with_test_run(&job.plan, &run.results, test_run) {
+                if let Err(why) = agrees {
+                    mine.push(format!("{name}: {why}"));
+                }
+            }
+            if !mine.is_empty() {
+                if let Some(why) = &run.aborted {
+                    mine.push(format!("lava-run: {why}"));
+                }
+                mine.push(format!("LAVA's log: {}", run.log.display()));
+            }
+            problems.extend(mine);
+        }
+        Ok(problems)
+    };
+    match run() {
+        Ok(problems) if problems.is_empty() => Verdict::Pass,
+        Ok(problems) => Verdict::Fail(problems.join("\n")),
+        Err(e) => Verdict::Fail(format!("{e:#}")),
+    }
+}
+
+/// For each planned case: Ok when LAVA recorded exactly one result, the
+/// runner's rules give the same verdict on the report LAVA's log holds, and
+/// both equal the verdict `cargo xtask test` got (`test_run`); else why not.
+pub fn compare_with_test_run(
+    job: &JobPlan,
+    results: &LavaResults,
+    test_run: &dyn Fn(&str) -> Option<Verdict>,
+) -> Vec<(String, std::result::Result<(), String>)> {
+    let ours = results.ours();
+    let word = |pass: bool| if pass { "pass" } else { "fail" };
+    job.cases
+        .iter()
+        .map(|case| {
+            let test = match test_run(case.name) {
+                Some(Verdict::Pass) => true,
+                Some(Verdict::Fail(_)) => false,
+                other => {
+                    return (
+                        case.name.to_owned(),
+                        Err(format!(
+                            "cargo xtask test has no verdict to compare ({other:?})"
+                        )),
+                    )
+                }
+            };
+            let lava: Vec<&&CaseResult> = ours.iter().filter(|c| c.case == case.name).collect();
+            let [lava] = lava.as_slice() else {
+                return (
+                    case.name.to_owned(),
+                    Err(format!(
+                        "LAVA recorded {} results for it, expected one",
+                        lava.len()
+                    )),
+                );
+            };
+            let report = results
+                .reports
+                .get(case.name)
+                .map(|lines| lines.join("\n"))
+                .unwrap_or_default();
+            let rerun = e2e::evaluate(case.agent_scenario, case.facts, &report, &job.expectations);
+            let rerun_pass = rerun == Verdict::Pass;
+            let agrees = lava.result == word(test) && rerun_pass == test;
+            (
+                case.name.to_owned(),
+                if agrees {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "cargo xtask test: {}; LAVA: {}{}; the runner on LAVA's report: {}",
+                        word(test),
+                        lava.result,
+                        lava.detail
+                            .as_ref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default(),
+                        match rerun {
+                            Verdict::Fail(why) => format!("fail: {why}"),
+                            other => format!("{other:?}").to_lowercase(),
+                        }
+                    ))
+                },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! found from this crate's manifest directory, so xtask works from any cwd.
 
 mod bench;
+mod board;
 mod build;
 mod cache;
 mod codegen;

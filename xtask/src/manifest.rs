@@ -12,6 +12,10 @@ use crate::cache::sha256_file;
 
 pub const FORMAT: u32 = 1;
 
+/// Output name of the conformance guest (the raw binary the host image
+/// also carries at `initramfs::CONFORMANCE_GUEST_PATH`).
+pub const CONFORMANCE_GUEST: &str = "conformance-guest";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,

@@ -25,6 +25,9 @@ pub struct StackFile {
     /// The partitioned disk image for U-Boot (boards, `qemu.boot = "disk"`).
     #[serde(default)]
     pub disk: DiskSection,
+    /// A real board the disk image is for (absent on QEMU-only stacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board: Option<BoardSection>,
     pub expect: ExpectSection,
 }
 
@@ -99,6 +102,11 @@ pub struct DiskSection {
     /// boot partition and passed to the hyp instead of the firmware's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtb: Option<String>,
+    /// A DTB built from the pinned kernel tree with the stack's kernel
+    /// (`make <dir>/<name>.dtb` from `arch/arm64/boot/dts/<dir>/<name>.dts`),
+    /// copied into the boot partition like `dtb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_dtb: Option<String>,
 }
 
 impl Default for DiskSection {
@@ -108,8 +116,25 @@ impl Default for DiskSection {
             partition_table: PartitionTable::Gpt,
             boot_size_mib: 64,
             dtb: None,
+            kernel_dtb: None,
         }
     }
+}
+
+/// A real board: what the disk image is flashed for and how a LAVA lab
+/// names it. `run` and `test` boot such a stack's `[qemu]` stand-in, never
+/// the board.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BoardSection {
+    /// The board's name, for humans.
+    pub name: String,
+    /// LAVA's device type for the board (a template in lava-server's
+    /// `device-types/`), used by `cargo xtask lava`.
+    pub lava_device_type: String,
+    /// CPUs the board's DTB lists: what the `cpus` scenario expects online
+    /// on the board (`qemu.smp` is the stand-in's): 1..=8, the hyp's limit.
+    pub cpus: u32,
 }
 
 /// The disk image's partition table.
@@ -143,6 +168,16 @@ pub struct Stack {
     pub patch_dir: PathBuf,
     /// Absolute path of `disk.dtb`, if the stack names one.
     pub dtb_path: Option<PathBuf>,
+}
+
+impl Stack {
+    /// The `disk.kernel-dtb` source in a kernel tree:
+    /// `arch/arm64/boot/dts/<dir>/<name>.dts`.
+    pub fn kernel_dtb_source(&self, tree: &Path) -> Option<PathBuf> {
+        let target = self.file.disk.kernel_dtb.as_deref()?;
+        let dts = target.strip_suffix(".dtb").unwrap_or(target);
+        Some(tree.join("arch/arm64/boot/dts").join(format!("{dts}.dts")))
+    }
 }
 
 /// Names of the stacks in `root/stacks/`, sorted.
@@ -266,6 +301,53 @@ fn check_boot_keys(root: &Path, file: &StackFile) -> Result<Option<PathBuf>> {
             Some(path)
         }
     };
+    if let Some(target) = &disk.kernel_dtb {
+        if !disk.enabled {
+            bail!("key `disk.kernel-dtb`: only used with `disk.enabled = true`");
+        }
+        if disk.dtb.is_some() {
+            bail!(
+                "key `disk.kernel-dtb`: the boot partition holds one DTB; set either \
+                 `disk.dtb` or `disk.kernel-dtb`, not both"
+            );
+        }
+        check_kernel_dtb(target).map_err(|why| {
+            anyhow::anyhow!(
+                "key `disk.kernel-dtb`: expected a DTB target under arch/arm64/boot/dts/ \
+                 like \"rockchip/rk3588-rock-5b.dtb\", found {target:?}: {why}"
+            )
+        })?;
+    }
+    if let Some(board) = &file.board {
+        if !disk.enabled {
+            bail!("key `board`: a board boots the disk image, which needs `disk.enabled = true`");
+        }
+        for (key, value) in [
+            ("board.name", &board.name),
+            ("board.lava-device-type", &board.lava_device_type),
+        ] {
+            if value.trim().is_empty() {
+                bail!("key `{key}`: expected a non-empty string");
+            }
+        }
+        if !(1..=8).contains(&board.cpus) {
+            bail!(
+                "key `board.cpus`: expected 1..=8 CPUs (the hyp's limit), found {}",
+                board.cpus
+            );
+        }
+        if !board
+            .lava_device_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "key `board.lava-device-type`: expected a LAVA device-type name (letters, \
+                 digits, `-`, `_`, `.`), found {:?}",
+                board.lava_device_type
+            );
+        }
+    }
     match (q.boot, &q.firmware) {
         (BootMethod::Disk, _) if !disk.enabled => bail!(
             "key `qemu.boot`: \"disk\" boots the disk image, which needs `disk.enabled = true`"
@@ -285,6 +367,29 @@ fn check_boot_keys(root: &Path, file: &StackFile) -> Result<Option<PathBuf>> {
         _ => {}
     }
     Ok(dtb_path)
+}
+
+/// Why `target` is not a usable `disk.kernel-dtb` (a relative `.dtb` path
+/// of plain names).
+fn check_kernel_dtb(target: &str) -> Result<(), &'static str> {
+    let Some(stem) = target.strip_suffix(".dtb") else {
+        return Err("it does not end in .dtb");
+    };
+    if stem.is_empty() || target.starts_with('/') {
+        return Err("it must be relative to arch/arm64/boot/dts/");
+    }
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.,+".contains(c))
+    };
+    if !stem.split('/').all(plain) {
+        return Err("each path part must be a plain file or directory name");
+    }
+    Ok(())
 }
 
 /// Parses a stack file. The error is `line:col: key `a.b`: reason`, ready to
@@ -615,6 +720,176 @@ entry-el = 2
         assert!(
             err.contains("key `disk.dtb`: only used with `disk.enabled = true`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn kernel_dtb_is_a_plain_relative_dtb_path_used_alone_with_a_disk() {
+        let load_with = |extra: &str| {
+            let dir = tree(&disk_stack(extra));
+            load(dir.path(), "s").map_err(|e| e.to_string())
+        };
+        let stack = load_with("kernel-dtb = \"rockchip/rk3588-rock-5b.dtb\"").unwrap();
+        assert_eq!(
+            stack.kernel_dtb_source(Path::new("/t")),
+            Some(PathBuf::from(
+                "/t/arch/arm64/boot/dts/rockchip/rk3588-rock-5b.dts"
+            ))
+        );
+        assert_eq!(stack.dtb_path, None);
+        for (bad, why) in [
+            ("rockchip/rk3588-rock-5b.dts", "it does not end in .dtb"),
+            (
+                "/rockchip/x.dtb",
+                "it must be relative to arch/arm64/boot/dts/",
+            ),
+            (".dtb", "it must be relative to arch/arm64/boot/dts/"),
+            ("../../../x.dtb", "each path part must be a plain"),
+            ("rockchip//x.dtb", "each path part must be a plain"),
+            ("rock chip/x.dtb", "each path part must be a plain"),
+        ] {
+            let err = load_with(&format!("kernel-dtb = {bad:?}")).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "key `disk.kernel-dtb`: expected a DTB target under arch/arm64/boot/dts/ \
+                     like \"rockchip/rk3588-rock-5b.dtb\", found {bad:?}: {why}"
+                )),
+                "{bad}: {err}"
+            );
+        }
+
+        let dir = tree(&disk_stack(
+            "kernel-dtb = \"a/b.dtb\"\ndtb = \"boards/x.dtb\"",
+        ));
+        std::fs::create_dir_all(dir.path().join("boards")).unwrap();
+        std::fs::write(dir.path().join("boards/x.dtb"), [0xd0, 0x0d, 0xfe, 0xed]).unwrap();
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.kernel-dtb`: the boot partition holds one DTB"),
+            "{err}"
+        );
+
+        let dir = tree(&GOOD.replace("[expect]", "[disk]\nkernel-dtb = \"a/b.dtb\"\n[expect]"));
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains("key `disk.kernel-dtb`: only used with `disk.enabled = true`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_board_needs_a_disk_a_name_a_lava_device_type_and_its_cpus() {
+        let board = |body: &str| {
+            let text = disk_stack("").replace("[expect]", &format!("[board]\n{body}\n[expect]"));
+            let dir = tree(&text);
+            load(dir.path(), "s").map_err(|e| e.to_string())
+        };
+        let good = "name = \"Radxa ROCK 5B\"\nlava-device-type = \"rk3588-rock-5b\"\ncpus = 8";
+        let stack = board(good).unwrap();
+        assert_eq!(
+            stack.file.board,
+            Some(BoardSection {
+                name: "Radxa ROCK 5B".into(),
+                lava_device_type: "rk3588-rock-5b".into(),
+                cpus: 8,
+            })
+        );
+        let resolved = render_resolved(&stack).unwrap();
+        assert!(
+            resolved.contains("[board]\nname = \"Radxa ROCK 5B\""),
+            "{resolved}"
+        );
+
+        for (body, want) in [
+            (
+                good.replace("cpus = 8", "cpus = 9"),
+                "key `board.cpus`: expected 1..=8 CPUs (the hyp's limit), found 9",
+            ),
+            (
+                good.replace("Radxa ROCK 5B", " "),
+                "key `board.name`: expected a non-empty string",
+            ),
+            (
+                good.replace("rk3588-rock-5b", "rock 5b"),
+                "key `board.lava-device-type`: expected a LAVA device-type name",
+            ),
+            (good.replace("\ncpus = 8", ""), "missing field `cpus`"),
+            (format!("{good}\nuart = 2"), "unknown field `uart`"),
+        ] {
+            let err = board(&body).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+
+        let text = GOOD.replace("[expect]", &format!("[board]\n{good}\n[expect]"));
+        let dir = tree(&text);
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "key `board`: a board boots the disk image, which needs `disk.enabled = true`"
+            ),
+            "{err}"
+        );
+    }
+
+    /// The Radxa ROCK 5B profile: its fragments exist and ask for the
+    /// board's console and clock drivers, its DTB is the pinned tree's
+    /// rk3588-rock-5b.dts, and its board keys are what LAVA and the e2e
+    /// expectations need.
+    #[test]
+    fn the_rock5b_board_stack_parses_and_its_dtb_and_fragments_resolve() {
+        let root = crate::project_root();
+        let stack = load(&root, "rock5b").unwrap();
+        let board = stack.file.board.as_ref().expect("rock5b has [board]");
+        assert_eq!(board.lava_device_type, "rk3588-rock-5b");
+        assert_eq!(board.cpus, 8);
+        assert!(stack.file.hyp.enabled && stack.file.disk.enabled);
+        assert_eq!(stack.file.disk.partition_table, PartitionTable::Gpt);
+        assert_eq!(
+            stack.file.disk.kernel_dtb.as_deref(),
+            Some("rockchip/rk3588-rock-5b.dtb")
+        );
+        assert_eq!(
+            stack.kernel_dtb_source(Path::new("/linux")),
+            Some(PathBuf::from(
+                "/linux/arch/arm64/boot/dts/rockchip/rk3588-rock-5b.dts"
+            ))
+        );
+        let names: Vec<&str> = stack
+            .fragment_paths
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["host-base.config", "host-cloister.config", "rock5b.config"]
+        );
+        let mut symbols = Vec::new();
+        for path in &stack.fragment_paths {
+            assert!(path.is_file(), "{}", path.display());
+            for option in crate::kernel::parse_fragment(path).unwrap() {
+                if option.value.as_deref() == Some("y") {
+                    symbols.push(option.symbol);
+                }
+            }
+        }
+        for want in [
+            "ARCH_ROCKCHIP",
+            "SERIAL_8250",
+            "SERIAL_8250_CONSOLE",
+            "SERIAL_8250_DW",
+            "CLK_RK3588",
+            "PINCTRL_ROCKCHIP",
+            "ARM_GIC_V3",
+            "ARM_PSCI_FW",
+        ] {
+            assert!(symbols.iter().any(|s| s == want), "CONFIG_{want} missing");
+        }
+        // The console comes from the DTB's stdout-path (ttyS2 on the board,
+        // the PL011 on the QEMU stand-in), so no console= may pin one.
+        assert!(
+            !stack.file.kernel.cmdline.contains("console="),
+            "{}",
+            stack.file.kernel.cmdline
         );
     }
 

@@ -77,6 +77,8 @@ const GATES: &[(&str, &[&str])] = &[
             "aarch64-unknown-none",
             "-p",
             "cloister-hyp",
+            "-p",
+            "cloister-conformance",
             "--",
             "-D",
             "warnings",
@@ -134,7 +136,7 @@ impl Test {
         let results_dir = crate::cloister_dir().join("test-results");
         let logs = results_dir.join("logs");
         let gates: &[(&str, &[&str])] = if self.no_gates { &[] } else { GATES };
-        let mut tap = Tap::new(gates.len() + stacks.len() * (1 + selected.len()));
+        let mut tap = Tap::new(gates.len() + stacks.len() * (1 + selected.len()) + 1);
         let mut outcomes = Vec::new();
 
         for (name, args) in gates {
@@ -197,6 +199,8 @@ impl Test {
             }
         }
 
+        outcomes.push(lava_check(&mut tap, &stacks, &outcomes, &results_dir));
+
         std::fs::create_dir_all(&results_dir)?;
         std::fs::write(results_dir.join("results.tap"), &tap.text)?;
         write_junit(&results_dir.join("junit.xml"), &outcomes)?;
@@ -229,6 +233,51 @@ impl Test {
         }
         Ok(())
     }
+}
+
+/// The LAVA item: [`crate::lava::TEST_RUN_SCENARIOS`] on the default stack
+/// (else the first QEMU stack of this run) as a LAVA job under `lava-run`,
+/// whose per-case results must be the verdicts this run got for them.
+fn lava_check(
+    tap: &mut Tap,
+    stacks: &[stack::Stack],
+    outcomes: &[Outcome],
+    results_dir: &Path,
+) -> Outcome {
+    let started = Instant::now();
+    let chosen = stacks
+        .iter()
+        .find(|s| s.name == crate::DEFAULT_STACK)
+        .or_else(|| stacks.iter().find(|s| s.file.board.is_none()));
+    let what = format!(
+        "lava-run of {} matches cargo xtask test",
+        crate::lava::TEST_RUN_SCENARIOS.join(", ")
+    );
+    let (name, verdict) = match chosen {
+        _ if INTERRUPTED.load(Ordering::SeqCst) => (
+            format!("lava: {what}"),
+            Verdict::Fail("not run: interrupted (Ctrl-C)".into()),
+        ),
+        None => (
+            format!("lava: {what}"),
+            Verdict::Skip("no QEMU stack in this run".into()),
+        ),
+        Some(stack) => {
+            let verdict_of = |scenario: &str| {
+                let name = format!("{}: {scenario}", stack.name);
+                outcomes
+                    .iter()
+                    .find(|o| o.suite == "e2e" && o.name == name)
+                    .map(|o| o.verdict.clone())
+            };
+            let out = results_dir.join("lava").join(&stack.name);
+            (
+                format!("lava: {}: {what}", stack.name),
+                crate::lava::check_against_test_run(stack, &out, &verdict_of),
+            )
+        }
+    };
+    tap.record("e2e", name, verdict, started.elapsed())
 }
 
 /// Runs one cargo gate with its output in `logs/<name>.log`.

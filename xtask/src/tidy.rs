@@ -75,7 +75,14 @@ mod tests {
     #[test]
     fn licences_are_stated() {
         let root = crate::project_root();
-        for krate in ["xtask", "hyp/core", "hyp/el2", "vmm", "guest-image/agent"] {
+        for krate in [
+            "xtask",
+            "hyp/core",
+            "hyp/el2",
+            "vmm",
+            "guest-image/agent",
+            "guest-image/conformance",
+        ] {
             let toml = std::fs::read_to_string(root.join(krate).join("Cargo.toml")).unwrap();
             assert!(
                 toml.contains("license.workspace = true"),

@@ -155,10 +155,12 @@ fn run_case(style: TestStyle, command: &str, report: &str, rc: i32) -> (String, 
         "set -e\n{}\n{command}\necho script-end\n",
         case_function(style)
     );
+    let want = dir.path().join("want");
     let out = Command::new("sh")
         .arg("-c")
         .arg(script)
         .env("CLOISTER_AGENT", &agent)
+        .env("CLOISTER_WANT", &want)
         .env(
             "PATH",
             format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
@@ -170,6 +172,10 @@ fn run_case(style: TestStyle, command: &str, report: &str, rc: i32) -> (String, 
         stdout.ends_with("script-end\n"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !want.exists(),
+        "a case must use up the lines cloister_want stored for it"
     );
     let asked = std::fs::read_to_string(dir.path().join("asked")).unwrap_or_default();
     assert_eq!(
@@ -279,6 +285,9 @@ fn fake_manifest(stack: &Stack, dir: &Path) -> Manifest {
     ];
     if stack.file.hyp.enabled {
         outputs.push(file("cloister-img", "cloister.img"));
+    }
+    if stack.file.board.is_some() {
+        outputs.push(file(crate::build::BOARD_DTB_OUTPUT, "board.dtb"));
     }
     let mut inputs = Vec::new();
     if stack.file.qemu.boot == crate::stack::BootMethod::Disk {
@@ -394,7 +403,15 @@ fn generated_jobs_and_device_dictionaries_pass_lavas_schema() {
                 assert_eq!(steps.as_array().unwrap().len(), job.plan.cases.len() + 1);
             } else {
                 let script = &read["actions"][2]["test"]["interactive"][0]["script"];
-                assert_eq!(script.as_array().unwrap().len(), job.plan.cases.len() + 1);
+                // One named step per case (long cases are preceded by unnamed
+                // cloister_want lines).
+                let named = script
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.get("name").is_some())
+                    .count();
+                assert_eq!(named, job.plan.cases.len());
                 assert_eq!(script[1]["name"], job.plan.cases[0].name);
             }
             assert_eq!(read["actions"][1]["boot"]["prompts"][0], PROMPT);
@@ -404,6 +421,133 @@ fn generated_jobs_and_device_dictionaries_pass_lavas_schema() {
             assert_eq!(extra[0], format!("-smp {}", job.plan.smp));
         }
     }
+}
+
+#[test]
+fn the_board_plan_expects_the_boards_cpus_and_leaves_qemu_smp_scenarios_out() {
+    let s = stack("rock5b");
+    let p = plan(&s, "6.12.117", &e2e::scenarios());
+    assert_eq!(p.jobs.len(), 1, "one job: a board has one CPU count");
+    let job = &p.jobs[0];
+    assert_eq!((job.stem.as_str(), job.smp), ("rock5b", 8));
+    assert_eq!(job.expectations.smp, 8);
+    assert_eq!(job.expectations.entry_el, 1);
+    assert!(job.cases.iter().any(|c| c.name == "cpus"));
+    let why = p.not_run.iter().find(|(n, _)| *n == "cpus-smp4").unwrap();
+    assert_eq!(
+        why.1,
+        "boots QEMU with -smp 4; a board has the CPUs it has (`board.cpus`)"
+    );
+}
+
+#[test]
+fn the_board_job_boots_cloister_img_through_u_boot_and_passes_lavas_schema() {
+    lava_schema();
+    let s = stack("rock5b");
+    let build = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let g = generate(&s, &fake_manifest(&s, build.path()), out.path(), None).unwrap();
+    validate_files(&g.files_to_validate()).unwrap();
+    assert_eq!(g.jobs.len(), 1);
+    let job = &g.jobs[0];
+    assert_eq!(job.device, None, "the lab owns the device dictionary");
+    assert_eq!(job.style, TestStyle::Interactive);
+    let read = yaml_as_json(&job.path);
+    assert_eq!(read["device_type"], "rk3588-rock-5b");
+    assert!(read.get("context").is_none(), "{read}");
+    let url = |file: &str| format!("file://{}/{file}", out.path().display());
+    let deploy = &read["actions"][0]["deploy"];
+    assert_eq!(deploy["to"], "tftp");
+    assert_eq!(deploy["kernel"]["url"], url("cloister.img"));
+    assert_eq!(deploy["kernel"]["type"], "image");
+    assert_eq!(deploy["dtb"]["url"], url("board.dtb"));
+    assert_eq!(
+        deploy["dtb"]["sha256sum"],
+        crate::cache::sha256_file(&build.path().join("board.dtb")).unwrap()
+    );
+    let boot = &read["actions"][1]["boot"];
+    assert_eq!(boot["method"], "u-boot");
+    assert_eq!(boot["prompts"][0], PROMPT);
+    let commands: Vec<&str> = boot["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "setenv autoload no",
+            "dhcp",
+            "setenv serverip {SERVER_IP}",
+            "tftp {KERNEL_ADDR} {KERNEL}",
+            "tftp {DTB_ADDR} {DTB}",
+            "setenv bootargs 'earlycon'",
+            "{BOOTX}",
+        ]
+    );
+    let script = &read["actions"][2]["test"]["interactive"][0]["script"];
+    let named = script
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("name").is_some())
+        .count();
+    assert_eq!(named, job.plan.cases.len());
+    // The cpus case expects the board's eight CPUs online.
+    let cpus = script
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cpus")
+        .unwrap();
+    assert!(
+        cpus["command"]
+            .as_str()
+            .unwrap()
+            .contains(r#"{"event":"fact","key":"cpus_online","value":"0-7"}"#),
+        "{}",
+        cpus["command"]
+    );
+    assert!(
+        read["job_name"]
+            .as_str()
+            .unwrap()
+            .ends_with(" cases, 8 CPUs)"),
+        "{}",
+        read["job_name"]
+    );
+    let err = run_job(job, 1, &out.path().join("run"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("job rock5b targets a lab device; submit it to a LAVA server instead"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_board_command_line_u_boot_cannot_quote_is_refused() {
+    let mut s = stack("rock5b");
+    s.file.kernel.cmdline = "earlycon foo='bar'".into();
+    let build = tempfile::tempdir().unwrap();
+    let err = profile_for(&s, &fake_manifest(&s, build.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("key `kernel.cmdline` contains a single quote or a newline"),
+        "{err}"
+    );
+    let s = stack("rock5b");
+    let mut manifest = fake_manifest(&s, build.path());
+    manifest
+        .outputs
+        .retain(|o| o.name != crate::build::BOARD_DTB_OUTPUT);
+    let err = profile_for(&s, &manifest).unwrap_err().to_string();
+    assert!(
+        err.contains("stack rock5b is a board (Radxa ROCK 5B) but its manifest lists no board DTB"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -491,16 +635,8 @@ fn a_job_lava_rejects_is_an_error_naming_the_field() {
     );
 }
 
-#[test]
-fn an_interactive_line_busybox_would_cut_is_refused() {
-    static MANY: [Expected; 40] = [Expected::KernelRelease; 40];
-    let job = JobPlan {
-        stem: "x".into(),
-        smp: 2,
-        expectations: exp(1, 2),
-        cases: vec![case("kernel-version", &MANY)],
-    };
-    let profile = QemuProfile {
+fn qemu_profile() -> QemuProfile {
+    QemuProfile {
         machine: "virt".into(),
         cpu: "max".into(),
         memory_mib: 1024,
@@ -510,12 +646,94 @@ fn an_interactive_line_busybox_would_cut_is_refused() {
             ramdisk: None,
             cmdline: "console=ttyAMA0".into(),
         },
+    }
+}
+
+#[test]
+fn a_case_too_long_to_type_is_typed_in_lines_busybox_keeps() {
+    static MANY: [Expected; 40] = [Expected::KernelRelease; 40];
+    let job = JobPlan {
+        stem: "x".into(),
+        smp: 2,
+        expectations: exp(1, 2),
+        cases: vec![case("kernel-version", &MANY)],
     };
-    let err = job_definition("x", "g", &profile, &BTreeMap::new(), &job, &[])
-        .unwrap_err()
-        .to_string();
+    assert!(case_command(&job.cases[0], &job.expectations).len() > MAX_TYPED_LINE);
+    let def = job_definition("x", "g", &qemu_profile(), &BTreeMap::new(), &job, &[]).unwrap();
+    let script = def["actions"][2]["test"]["interactive"][0]["script"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let commands: Vec<&str> = script
+        .iter()
+        .map(|s| s["command"].as_str().unwrap())
+        .collect();
     assert!(
-        err.contains("more than the 1000 busybox's line editor keeps"),
+        commands.iter().all(|c| c.len() <= MAX_TYPED_LINE),
+        "{commands:?}"
+    );
+    let wants = &commands[1..commands.len() - 1];
+    assert!(wants.len() >= 2, "{commands:?}");
+    assert!(wants.iter().all(|c| c.starts_with("cloister_want '")));
+    let fact = r#"'{"event":"fact","key":"kernel_release","value":"6.12.117"}'"#;
+    let carried: usize = wants.iter().map(|c| c.matches(fact).count()).sum();
+    assert_eq!(carried, 40);
+    // Only the last line is the named case, and it carries no fact.
+    assert!(script[..script.len() - 1]
+        .iter()
+        .all(|s| s.get("name").is_none()));
+    let last = script.last().unwrap();
+    assert_eq!(last["name"], "kernel-version");
+    assert!(
+        !commands.last().unwrap().contains(fact),
+        "{}",
+        commands.last().unwrap()
+    );
+}
+
+#[test]
+fn facts_typed_ahead_with_cloister_want_are_checked_like_arguments() {
+    static MANY: [Expected; 6] = [Expected::EntryEl; 6];
+    let c = case("entry-el", &MANY);
+    let e = exp(1, 2);
+    let typed_lines = case_commands(&c, &e, 200).unwrap();
+    assert!(typed_lines.len() >= 3, "{typed_lines:?}");
+    assert!(
+        typed_lines.iter().all(|l| l.len() <= 200),
+        "{typed_lines:?}"
+    );
+    let typed = typed_lines.join("\n");
+    let report = |facts: &[Report]| {
+        let mut all = vec![Report::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "1".into(),
+            scenario: "entry-el".into(),
+        }];
+        all.extend(facts.iter().cloned());
+        all.push(Report::Done { ok: true });
+        lines(&all)
+    };
+    let fact = |v: &str| Report::Fact {
+        key: "entry_el".into(),
+        value: v.into(),
+    };
+    for (what, facts, want) in [
+        ("the fact", vec![fact("1")], "pass"),
+        ("a wrong fact", vec![fact("2")], "fail"),
+        ("no fact", vec![], "fail"),
+    ] {
+        let (stdout, _) = run_case(TestStyle::Interactive, &typed, &report(&facts), 0);
+        assert!(
+            stdout.contains(&format!("{CASE_MARK} entry-el {want}\n")),
+            "{what}: {stdout}"
+        );
+    }
+    assert_eq!(case_commands(&c, &e, MAX_TYPED_LINE).unwrap().len(), 1);
+
+    let err = case_commands(&c, &e, 40).unwrap_err().to_string();
+    assert!(
+        err.contains("case entry-el: the expected line")
+            && err.contains("more than the 40 a typed line may have"),
         "{err}"
     );
 }
@@ -575,6 +793,93 @@ fn cases_that_fail_on_the_device_fail_in_lava_and_for_the_runner() {
             verdicts[name]
         );
     }
+}
+
+/// The cases of `hyp-pass.log` / `hyp-job-on-direct-kernel.log` that
+/// `cargo xtask test` also runs through LAVA.
+fn test_run_job(entry_el: u8) -> JobPlan {
+    let mut job = recorded_hyp_job(entry_el, false);
+    job.cases.retain(|c| TEST_RUN_SCENARIOS.contains(&c.name));
+    assert_eq!(job.cases.len(), TEST_RUN_SCENARIOS.len());
+    job
+}
+
+#[test]
+fn the_test_runs_lava_item_agrees_only_when_lava_and_the_run_agree() {
+    lava_schema();
+    let passed = read_results(&testdata("hyp-pass.log")).unwrap();
+    let all_pass = |_: &str| Some(Verdict::Pass);
+    let got = compare_with_test_run(&test_run_job(1), &passed, &all_pass);
+    assert_eq!(
+        got,
+        [("boot".to_owned(), Ok(())), ("entry-el".to_owned(), Ok(()))]
+    );
+
+    // The test run failed entry-el where LAVA passed it.
+    let entry_failed = |n: &str| {
+        Some(if n == "entry-el" {
+            Verdict::Fail("x".into())
+        } else {
+            Verdict::Pass
+        })
+    };
+    let got = compare_with_test_run(&test_run_job(1), &passed, &entry_failed);
+    assert_eq!(got[0], ("boot".to_owned(), Ok(())));
+    assert_eq!(
+        got[1],
+        (
+            "entry-el".to_owned(),
+            Err("cargo xtask test: fail; LAVA: pass; the runner on LAVA's report: pass".into())
+        )
+    );
+
+    // Failing together is agreement: the hyp job on the direct kernel fails
+    // entry-el in LAVA, for the runner, and (here) in the test run.
+    let direct = read_results(&testdata("hyp-job-on-direct-kernel.log")).unwrap();
+    let got = compare_with_test_run(&test_run_job(1), &direct, &entry_failed);
+    assert_eq!(
+        got,
+        [("boot".to_owned(), Ok(())), ("entry-el".to_owned(), Ok(()))]
+    );
+    let got = compare_with_test_run(&test_run_job(1), &direct, &all_pass);
+    assert_eq!(
+        got[1],
+        (
+            "entry-el".to_owned(),
+            Err(
+                "cargo xtask test: pass; LAVA: fail; the runner on LAVA's report: fail: \
+                 entry_el: expected \"1\", agent reported \"2\""
+                    .into()
+            )
+        )
+    );
+
+    // No verdict from the test run, or no result from LAVA: never agreement.
+    let none = |_: &str| None;
+    let got = compare_with_test_run(&test_run_job(1), &passed, &none);
+    assert!(
+        matches!(&got[0].1, Err(w) if w.starts_with("cargo xtask test has no verdict")),
+        "{got:?}"
+    );
+    let got = compare_with_test_run(&test_run_job(1), &LavaResults::default(), &all_pass);
+    assert_eq!(
+        got[0].1,
+        Err("LAVA recorded 0 results for it, expected one".into())
+    );
+}
+
+#[test]
+fn the_test_runs_lava_item_skips_when_its_scenarios_did_not_run() {
+    let out = tempfile::tempdir().unwrap();
+    let verdict = check_against_test_run(&stack("qemu-virt"), out.path(), &|n: &str| {
+        (n == "boot").then(|| Verdict::Skip("filtered".into()))
+    });
+    assert_eq!(
+        verdict,
+        Verdict::Skip(
+            "none of boot, entry-el ran on qemu-virt in this run: nothing to compare".into()
+        )
+    );
 }
 
 #[test]
