@@ -432,8 +432,9 @@ pub fn hyp_refusals() -> Vec<Report> {
         let mut out = Vec::new();
         let hyp_pa = crate::hyp_carveout()?;
         let page = host_page()?;
-        let ram = system_ram()?;
-        let ram_end_pfn = ram.iter().map(|&(_, e)| e).max().unwrap_or(0) >> 12;
+        // Far past any RAM or device of the machine (64 GiB): a frame no
+        // one owns.
+        let unmapped_pfn = (64u64 << 30) >> 12;
         // Two protected VMs and a normal one; A owns `page`.
         let a = hypercall_ok(&call_line(hc::VM_CREATE, &[vm_type::PROTECTED]))?;
         let b = hypercall_ok(&call_line(hc::VM_CREATE, &[vm_type::PROTECTED]))?;
@@ -457,7 +458,7 @@ pub fn hyp_refusals() -> Vec<Report> {
             ),
             (
                 "refuse_donate_unmapped",
-                call_line(hc::VM_DONATE, &[b, ram_end_pfn + 0x100, ipa, 1]),
+                call_line(hc::VM_DONATE, &[b, unmapped_pfn, ipa, 1]),
             ),
             (
                 "refuse_donate_hyp_page",
