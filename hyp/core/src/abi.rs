@@ -635,6 +635,7 @@ pub const VCPU_REG_CODES: &[(&str, u64)] = &[
 
 /// `VCPU_RUN` exit codes, for the C header.
 pub const EXIT_CODES: &[(&str, u64)] = &[
+    ("INTERRUPTED", exit::INTERRUPTED),
     ("MEM_SHARE", exit::MEM_SHARE),
     ("MEM_UNSHARE", exit::MEM_UNSHARE),
     ("SYSTEM_EVENT", exit::SYSTEM_EVENT),
