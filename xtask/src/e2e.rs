@@ -441,6 +441,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::Is("pvm_private_vmm", "SIGSEGV"),
                 Expected::Is("pvm_private_devmem", "SIGSEGV"),
                 Expected::Is("pvm_private_uaccess", "EFAULT"),
+                Expected::Is("pvm_private_process_vm_readv", "EFAULT"),
+                Expected::Is("pvm_private_proc_mem", "EIO"),
                 Expected::Is("pvm_shared_vmm", "secret"),
                 Expected::Is("pvm_unshared_vmm", "SIGSEGV"),
                 Expected::Is("pvm_end", "PowerOff"),

@@ -55,6 +55,7 @@ fn errno_name(e: i32) -> String {
         libc::EINTR => "EINTR".into(),
         libc::ENOEXEC => "ENOEXEC".into(),
         libc::EFAULT => "EFAULT".into(),
+        libc::EIO => "EIO".into(),
         libc::EBUSY => "EBUSY".into(),
         libc::EEXIST => "EEXIST".into(),
         libc::EINVAL => "EINVAL".into(),
@@ -190,6 +191,37 @@ fn uaccess_write(va: u64, len: usize) -> String {
     }
 }
 
+/// process_vm_readv(2) of 64 bytes at `va` from this very process: the
+/// seed's strace case (the kernel reads the page on the reader's behalf).
+fn process_vm_read(va: u64) -> String {
+    let mut buf = [0u8; 64];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: va as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: reads into our own buffer; the kernel checks the remote range.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        format!("read {n} bytes")
+    }
+}
+
+/// pread(2) of /proc/self/mem at `va` (the kernel's access_remote_vm).
+fn proc_mem_read(va: u64) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64];
+    match fs::File::open("/proc/self/mem").and_then(|f| f.read_at(&mut buf, va)) {
+        Ok(n) => format!("read {n} bytes"),
+        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+    }
+}
+
 fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
     VmConfig {
         device: PathBuf::from(DEVICE),
@@ -237,6 +269,8 @@ pub fn pvm_secret() -> Vec<Report> {
                 Err(e) => out.push(check("pvm_private_devmem", false, e)),
             }
             out.push(fact("pvm_private_uaccess", uaccess_write(va, 64)));
+            out.push(fact("pvm_private_process_vm_readv", process_vm_read(va)));
+            out.push(fact("pvm_private_proc_mem", proc_mem_read(va)));
         }
         if let Ok(mut r) = log.lock() {
             r.extend(out);
@@ -271,7 +305,13 @@ pub fn pvm_secret() -> Vec<Report> {
         Ok(r) => r.clone(),
         Err(_) => Vec::new(),
     };
-    out.push(fact("pvm_end", format!("{end:?}")));
+    out.push(fact(
+        "pvm_end",
+        match end {
+            Ok(end) => format!("{end:?}"),
+            Err(e) => format!("error: {e}"),
+        },
+    ));
     out.push(fact("pvm_after_teardown", copies_left(&mem)));
     out.push(host_alive());
     out.push(kernel_clean());
@@ -518,11 +558,12 @@ pub fn hyp_refusals() -> Vec<Report> {
 /// The guest for the ioctl scenarios: MMIO_GUARD the test device (a normal
 /// VM gets NOT_SUPPORTED and goes on), store to it (an MMIO exit), then
 /// PSCI SYSTEM_OFF.
-const PROMISE_GUEST: [u32; 9] = [
+const PROMISE_GUEST: [u32; 10] = [
     0xd280_00e0, // movz x0, #0x7
     0xf2b8_c000, // movk x0, #0xc600, lsl #16   (MMIO_GUARD)
     0xd2a1_6001, // movz x1, #0x0b00, lsl #16   (x1 = TEST_DEV_BASE)
-    0xd400_0002, // hvc #0
+    0xd400_0002, // hvc #0                      (x0..x3 = the answer)
+    0xd2a1_6001, // movz x1, #0x0b00, lsl #16   (again: the hvc cleared x1)
     0xf900_0020, // str x0, [x1]
     0xd280_0100, // movz x0, #0x8
     0xf2b0_8000, // movk x0, #0x8400, lsl #16   (SYSTEM_OFF)
