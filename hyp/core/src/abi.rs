@@ -154,6 +154,12 @@ pub mod hc {
     /// page goes back to the host (donated pages zeroed), the VM's tables
     /// are freed and its handle is released.
     pub const VM_RECLAIM: u32 = hc(0x8e);
+    /// `VM_RECLAIM_PAGE(handle, ipa)` → `x1` = the frame returned: takes
+    /// one page back from a live protected VM (the host truncated the
+    /// memory behind it). The guest loses the mapping and the TLBs are
+    /// invalidated before the page is zeroed and given to the host; the
+    /// guest's next access to the IPA is a memory fault.
+    pub const VM_RECLAIM_PAGE: u32 = hc(0x8f);
     /// Debug: `PAGE_OWNER(pa)` → `x1` = owner, `x2` = VM handle,
     /// `x3` = host state | hyp state << 8.
     pub const PAGE_OWNER: u32 = hc(0xb0);
@@ -199,7 +205,7 @@ pub struct AbiVersion {
 }
 
 /// The ABI this hypervisor implements.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 3 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 4 };
 
 /// Cloister's vendor-hyp service UUID (random, version 4, generated once for
 /// this project; never change it).
@@ -539,6 +545,12 @@ pub const HOST_CALLS: &[CallDesc] = &[
         id: hc::VM_RECLAIM,
         args: &["handle"],
         results: &["pages"],
+    },
+    CallDesc {
+        name: "VM_RECLAIM_PAGE",
+        id: hc::VM_RECLAIM_PAGE,
+        args: &["handle", "ipa"],
+        results: &["pfn"],
     },
     CallDesc {
         name: "PAGE_OWNER",
@@ -930,7 +942,7 @@ mod tests {
         assert!(h.contains("#define CLOISTER_UID_REG_0 0x677903f5U\n"));
         assert!(h.contains("#define CLOISTER_ABI_VERSION_MAJOR 0\n"));
         assert!(h.contains("#define CLOISTER_STATE_NOPAGE 0x3\n"));
-        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 3\n"));
+        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 4\n"));
         assert!(h.contains("#define CLOISTER_HC_VCPU_RUN 0xc600008cU\n"));
         assert!(h.contains("/* VM_DONATE(handle, pfn, ipa, count) -> - */\n"));
         assert!(h.contains("#define CLOISTER_VM_TYPE_PROTECTED 0x80000000\n"));

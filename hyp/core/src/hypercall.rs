@@ -145,6 +145,13 @@ pub enum HostCall {
         /// VM handle.
         handle: u64,
     },
+    /// `VM_RECLAIM_PAGE(handle, ipa)`.
+    VmReclaimPage {
+        /// VM handle.
+        handle: u64,
+        /// Guest IPA of the page.
+        ipa: Ipa,
+    },
     /// Debug: `PAGE_OWNER(pa)`.
     PageOwner {
         /// Any address in the page asked about.
@@ -354,6 +361,13 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
             reserved_zero(regs, 1)?;
             HostCall::VmReclaim { handle: regs[1] }
         }
+        hc::VM_RECLAIM_PAGE => {
+            reserved_zero(regs, 2)?;
+            HostCall::VmReclaimPage {
+                handle: regs[1],
+                ipa: Ipa::new(regs[2]),
+            }
+        }
         hc::PAGE_OWNER => {
             reserved_zero(regs, 1)?;
             HostCall::PageOwner {
@@ -473,6 +487,11 @@ pub fn handle_host_call<H: Hal + ?Sized>(
             vms.resolve(handle)
                 .and_then(|h| vms.finalize_teardown(state, h, hal)),
         ),
+        HostCall::VmReclaimPage { handle, ipa } => vm_status(
+            vms.resolve(handle)
+                .and_then(|h| vms.reclaim_page(state, h, ipa, hal))
+                .map(|pfn| pfn.raw()),
+        ),
         HostCall::OwnershipDigest => {
             let (digest, not_host) = state.db().digest();
             let live = vms.iter().count();
@@ -543,7 +562,8 @@ fn handle_mem_call<H: Hal + ?Sized>(
         | HostCall::VcpuRun { .. }
         | HostCall::OwnershipDigest
         | HostCall::VmTeardown { .. }
-        | HostCall::VmReclaim { .. } => [ret::NOT_SUPPORTED, abi::err::INTERNAL, 0, 0],
+        | HostCall::VmReclaim { .. }
+        | HostCall::VmReclaimPage { .. } => [ret::NOT_SUPPORTED, abi::err::INTERNAL, 0, 0],
     }
 }
 
@@ -669,6 +689,13 @@ mod tests {
             (hc::OWNERSHIP_DIGEST, HostCall::OwnershipDigest),
             (hc::VM_TEARDOWN, HostCall::VmTeardown { handle: 7 }),
             (hc::VM_RECLAIM, HostCall::VmReclaim { handle: 7 }),
+            (
+                hc::VM_RECLAIM_PAGE,
+                HostCall::VmReclaimPage {
+                    handle: 7,
+                    ipa: Ipa::new(9),
+                },
+            ),
         ];
         assert_eq!(expected.len(), abi::HOST_CALLS.len());
         for call in abi::HOST_CALLS {
@@ -779,10 +806,10 @@ mod tests {
             call(smccc::VENDOR_HYP_CALL_UID, &[], &mut mp),
             [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656]
         );
-        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 3, 0, 0]);
+        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 4, 0, 0]);
         assert_eq!(
             call(hc::GET_VERSION, &[], &mut mp),
-            [ret::SUCCESS, 0, 3, abi::pack_version((0, 1, 0))]
+            [ret::SUCCESS, 0, 4, abi::pack_version((0, 1, 0))]
         );
         assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 

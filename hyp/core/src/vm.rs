@@ -1092,6 +1092,30 @@ impl VmTable {
         Ok(mem.host_donate_guest(pfn, count, guest, ipa, hal)?)
     }
 
+    /// Takes the page at `ipa` back from a live protected VM
+    /// (`VM_RECLAIM_PAGE`, [`MemProtect::reclaim_guest_page`]): unmapped
+    /// from the guest, zeroed, the host's again. Returns its frame.
+    ///
+    /// # Errors
+    /// `NoSuchVm`, `Dying`, `WrongKind` (normal VM: use `VM_UNMAP_SHARED`),
+    /// and the transition's errors (`IpaNotMapped` when nothing is there).
+    pub fn reclaim_page<H: Hal + ?Sized>(
+        &mut self,
+        mem: &mut MemProtect<'_>,
+        handle: VmHandle,
+        ipa: Ipa,
+        hal: &mut H,
+    ) -> Result<Pfn, VmError> {
+        let vm = self.live_vm_mut(handle)?;
+        if vm.kind != VmKind::Protected {
+            return Err(VmError::WrongKind { kind: vm.kind });
+        }
+        let guest = vm.mem.as_mut().ok_or(VmError::Internal)?;
+        let pfn = guest.stage2().walk(ipa, hal).map(|leaf| leaf.pa.pfn());
+        mem.reclaim_guest_page(guest, ipa, hal)?;
+        pfn.ok_or(VmError::Internal)
+    }
+
     /// Lends `count` host pages from `pfn` to a normal VM at `ipa..`
     /// (`VM_MAP_SHARED`, [`MemProtect::host_share_guest`]).
     ///

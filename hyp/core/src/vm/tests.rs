@@ -418,3 +418,66 @@ fn errors_map_to_host_abi_codes() {
         assert_eq!(e.to_regs(), regs, "{e}");
     }
 }
+
+#[test]
+fn one_page_comes_back_from_a_live_protected_vm_zeroed() {
+    let mut mem = tu::memory();
+    let mut metas = tu::metas();
+    let mut hal = tu::hal(&mut mem);
+    let mut mp = tu::mem_protect(&mut metas, &mut hal);
+    let mut vms = VmTable::new();
+    let p = create(&mut vms, VmKind::Protected, &mut hal);
+    let n = create(&mut vms, VmKind::Normal, &mut hal);
+    let ipa = Ipa::new(0x8000_0000);
+    let second = Ipa::new(0x8000_1000);
+    assert_eq!(
+        vms.donate(&mut mp, p, pfn(HOST_FIRST), ipa, 2, &mut hal),
+        Ok(())
+    );
+    assert_eq!(
+        vms.map_shared(&mut mp, n, pfn(HOST_FIRST + 2), ipa, 1, &mut hal),
+        Ok(())
+    );
+    if let Some(page) = pfn(HOST_FIRST + 1).phys().and_then(|pa| hal.page_mut(pa)) {
+        page[7] = 0x5ec7e7;
+    }
+    let before = tu::snapshot(&mp, &hal);
+    // A normal VM's pages go back with VM_UNMAP_SHARED, not this.
+    assert_eq!(
+        vms.reclaim_page(&mut mp, n, ipa, &mut hal),
+        Err(VmError::WrongKind {
+            kind: VmKind::Normal
+        })
+    );
+    // Nothing at the IPA, or not page-aligned: refused, nothing changes.
+    for bad in [Ipa::new(0x8000_5000), Ipa::new(0x8000_0010)] {
+        assert!(matches!(
+            vms.reclaim_page(&mut mp, p, bad, &mut hal),
+            Err(VmError::Mem(_))
+        ));
+    }
+    assert!(tu::snapshot(&mp, &hal) == before);
+    assert_eq!(
+        vms.reclaim_page(&mut mp, p, second, &mut hal),
+        Ok(pfn(HOST_FIRST + 1))
+    );
+    let row = mp.db().get(pfn(HOST_FIRST + 1)).expect("row");
+    assert_eq!(
+        (row.owner(), row.host_state()),
+        (Owner::Host, PageState::Owned)
+    );
+    let page = pfn(HOST_FIRST + 1).phys().and_then(|pa| hal.page(pa));
+    assert_eq!(page.map(|p| p[7]), Some(0), "zeroed before the host got it");
+    let vm = vms.get(p).expect("vm");
+    assert!(!vm.is_guest_memory(second, &hal));
+    assert!(vm.is_guest_memory(ipa, &hal), "the other page stays");
+    // Twice: nothing there any more.
+    assert!(matches!(
+        vms.reclaim_page(&mut mp, p, second, &mut hal),
+        Err(VmError::Mem(_))
+    ));
+    let guests: Vec<&GuestMem> = vms.iter().filter_map(|vm| vm.guest_mem()).collect();
+    if let Err(msg) = tu::check_system(&mp, &guests, &hal) {
+        panic!("{msg}");
+    }
+}
