@@ -11,5 +11,6 @@
 pub mod arch;
 pub mod devices;
 pub mod loader;
+pub mod memory;
 #[cfg(target_arch = "aarch64")]
 pub mod vstate;

@@ -29,13 +29,29 @@ struct Cli {
     /// A protected VM (its memory is donated to the hypervisor).
     #[arg(long)]
     protected: bool,
+    /// Where guest RAM comes from: `anon` (pKVM's pinned anonymous
+    /// memory) or `guest-memfd` (an fd the host cannot read while private).
+    /// Default: guest-memfd for protected VMs if the device offers it, else
+    /// anon.
+    #[arg(long, value_enum)]
+    memory: Option<Memory>,
     /// The KVM-compatible device to use.
     #[arg(long, default_value = "/dev/cloister")]
     device: PathBuf,
 }
 
+/// `--memory` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Memory {
+    /// The VMM's anonymous mapping, pinned and donated on first touch.
+    Anon,
+    /// A guest_memfd mapped by the VMM for in-place sharing.
+    GuestMemfd,
+}
+
 #[cfg(target_arch = "aarch64")]
 fn main() -> ExitCode {
+    use cloister_vmm::vstate::MemoryModel;
     let cli = Cli::parse();
     let cfg = cloister_vmm::vstate::VmConfig {
         device: cli.device,
@@ -45,6 +61,10 @@ fn main() -> ExitCode {
         mem_mib: cli.mem,
         vcpus: cli.cpus,
         protected: cli.protected,
+        memory: cli.memory.map(|m| match m {
+            Memory::Anon => MemoryModel::Anon,
+            Memory::GuestMemfd => MemoryModel::GuestMemfd,
+        }),
     };
     match cloister_vmm::vstate::run(&cfg, std::io::stdout()) {
         Ok(cloister_vmm::vstate::GuestEnd::PowerOff) => ExitCode::SUCCESS,

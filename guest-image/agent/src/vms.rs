@@ -231,6 +231,7 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
         mem_mib: 64,
         vcpus: 1,
         protected: true,
+        memory: None,
     }
 }
 

@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use kvm_bindings::{
-    kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_REG_ARM_CORE,
-    KVM_REG_SIZE_U64,
+    kvm_create_guest_memfd, kvm_userspace_memory_region2, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF,
+    KVM_MEM_GUEST_MEMFD, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::raw::c_ulong;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestRegionMmap};
 
 use crate::arch::fdt::{create_fdt, FdtConfig};
 use crate::arch::layout::{fdt_addr, RAM_BASE};
@@ -45,7 +48,11 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// A protected VM (memory donated to the hyp) instead of a normal one.
     pub protected: bool,
+    /// Where guest RAM comes from; `None`: [`MemoryModel::default_for`].
+    pub memory: Option<MemoryModel>,
 }
+
+pub use crate::memory::{MemoryModel, GUEST_MEMFD_FLAG_MMAP};
 
 /// Why the VM could not be created or run.
 #[derive(Debug, thiserror::Error)]
@@ -171,13 +178,18 @@ impl Machine {
         let vm = ioctl("KVM_CREATE_VM", kvm.create_vm_with_type(vm_type))?;
 
         let mem_size = cfg.mem_mib << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(
-            GuestAddress(RAM_BASE),
-            usize::try_from(mem_size).unwrap_or(usize::MAX),
-        )])
-        .map_err(|e| VmmError::Memory(e.to_string()))?;
+        let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
+        let model = cfg.memory.unwrap_or_else(|| {
+            let cap = vm.check_extension_raw(c_ulong::from(kvm_bindings::KVM_CAP_GUEST_MEMFD));
+            MemoryModel::default_for(cfg.protected, cap > 0)
+        });
+        let mem = match model {
+            MemoryModel::Anon => GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), size)])
+                .map_err(|e| VmmError::Memory(e.to_string()))?,
+            MemoryModel::GuestMemfd => guest_memfd_memory(&vm, mem_size)?,
+        };
         dont_fork(&mem)?;
-        register_memory(&vm, &mem)?;
+        register_memory(&vm, &mem, model)?;
         let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
         let initrd = match &cfg.initrd {
             Some(path) => Some(load_initrd(&mem, path, loaded.end, fdt_addr(mem_size))?),
@@ -390,21 +402,54 @@ fn dont_fork(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     Ok(())
 }
 
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+/// Guest RAM in a guest_memfd the VMM maps (shared) to load the guest.
+fn guest_memfd_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmmError> {
+    let fd = ioctl(
+        "KVM_CREATE_GUEST_MEMFD",
+        vm.create_guest_memfd(kvm_create_guest_memfd {
+            size: mem_size,
+            flags: GUEST_MEMFD_FLAG_MMAP,
+            ..Default::default()
+        }),
+    )?;
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
+    let region =
+        GuestRegionMmap::from_range(GuestAddress(RAM_BASE), size, Some(FileOffset::new(file, 0)))
+            .map_err(|e| VmmError::Memory(format!("mapping the guest_memfd: {e}")))?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| VmmError::Memory(e.to_string()))
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, model: MemoryModel) -> Result<(), VmmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| VmmError::Memory(e.to_string()))?;
-        let region = kvm_userspace_memory_region {
+        let gmem = match (model, region.file_offset()) {
+            (MemoryModel::GuestMemfd, Some(f)) => Some((f.file().as_raw_fd(), f.start())),
+            (MemoryModel::GuestMemfd, None) => {
+                return Err(VmmError::Memory("guest_memfd region without its fd".into()))
+            }
+            (MemoryModel::Anon, _) => None,
+        };
+        let region = kvm_userspace_memory_region2 {
             slot,
-            flags: 0,
+            flags: if gmem.is_some() {
+                KVM_MEM_GUEST_MEMFD
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
+            guest_memfd_offset: gmem.map_or(0, |(_, off)| off),
+            guest_memfd: gmem.map_or(0, |(fd, _)| u32::try_from(fd).unwrap_or(u32::MAX)),
+            ..Default::default()
         };
         // SAFETY: the mapping belongs to `mem`, which outlives the VM in `run`.
-        ioctl("KVM_SET_USER_MEMORY_REGION", unsafe {
-            vm.set_user_memory_region(region)
+        ioctl("KVM_SET_USER_MEMORY_REGION2", unsafe {
+            vm.set_user_memory_region2(region)
         })?;
     }
     Ok(())
