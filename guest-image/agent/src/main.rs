@@ -199,9 +199,9 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         #[cfg(target_arch = "aarch64")]
         "conformance-normal" => vms::conformance(false),
         #[cfg(target_arch = "aarch64")]
-        "pvm-secret" => vms::pvm_secret(),
+        "pvm-secret" => vms::pvm_secret("pvm", vms::MemoryModel::Anon),
         #[cfg(target_arch = "aarch64")]
-        "pvm-teardown" => vms::pvm_teardown(),
+        "pvm-teardown" => vms::pvm_teardown("anon"),
         #[cfg(target_arch = "aarch64")]
         "hyp-refusals" => vms::hyp_refusals(),
         #[cfg(target_arch = "aarch64")]

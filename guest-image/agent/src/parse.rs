@@ -56,6 +56,17 @@ pub fn tap_summary(text: &str) -> TapSummary {
     s
 }
 
+/// The frame for guest frame `gfn` in the host driver's debugfs page list
+/// (`gfn pfn donated|shared`, hex).
+pub fn driver_page_pfn(list: &str, gfn: u64) -> Option<u64> {
+    let hex = |w: &str| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok();
+    list.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        let (g, p) = (hex(w.next()?)?, hex(w.next()?)?);
+        (g == gfn).then_some(p)
+    })
+}
+
 /// The top-level `System RAM` ranges of `/proc/iomem`, inclusive.
 pub fn system_ram_ranges(iomem: &str) -> Vec<(u64, u64)> {
     iomem

@@ -19,6 +19,7 @@ use cloister_hyp_core::abi::{self, hc, ret, vm_type};
 use cloister_vmm::arch::layout::{RAM_BASE, TEST_DEV_BASE};
 use cloister_vmm::devices::test_dev::{event, TestDevice};
 use cloister_vmm::devices::Bus;
+pub use cloister_vmm::vstate::MemoryModel;
 use cloister_vmm::vstate::{ExitCounts, Machine, VmConfig};
 use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VcpuExit};
@@ -235,13 +236,37 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
     }
 }
 
-/// `pvm-secret`: this process is the VMM of a protected guest that keeps a
-/// secret, shares it, unshares it and powers off; at each step it reads
-/// the page through its own mapping, through /dev/mem at the page's frame,
-/// and through the kernel (write(2) from the mapping).
-pub fn pvm_secret() -> Vec<Report> {
+/// The frame the host driver gave this process's VM at `ipa`, from its
+/// debugfs page list (`gfn pfn donated|shared` lines).
+fn driver_pfn(ipa: u64) -> Result<u64, String> {
+    let dir = "/sys/kernel/debug/cloister";
+    let vms = fs::read_to_string(format!("{dir}/vms")).map_err(|e| format!("{dir}/vms: {e}"))?;
+    let pid = format!("pid={}", std::process::id());
+    let handle = vms
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == pid))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("handle=")))
+        .ok_or_else(|| format!("no VM of {pid} in {dir}/vms: {vms:?}"))?
+        .to_owned();
+    let pages = fs::read_to_string(format!("{dir}/vm-{handle}-pages"))
+        .map_err(|e| format!("{dir}/vm-{handle}-pages: {e}"))?;
+    cloister_agent::parse::driver_page_pfn(&pages, ipa >> 12)
+        .ok_or_else(|| format!("gfn {:#x} not in {dir}/vm-{handle}-pages", ipa >> 12))
+}
+
+/// `pvm-secret` (anonymous memory) and `gmem-secret` (guest_memfd): this
+/// process is the VMM of a protected guest that keeps a secret, shares it,
+/// unshares it and powers off; at each step it reads the page through its
+/// own mapping, and while private also through /dev/mem at the page's
+/// frame, the kernel (write(2) from the mapping), process_vm_readv and
+/// /proc/self/mem. Facts are named `<prefix>_<stage>_<path>`.
+pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
     let seed = fresh_seed();
-    let mut machine = match Machine::create(&secret_cfg("secret", seed)) {
+    let cfg = VmConfig {
+        memory: Some(memory),
+        ..secret_cfg("secret", seed)
+    };
+    let mut machine = match Machine::create(&cfg) {
         Ok(m) => m,
         Err(e) => return vec![check("create_vm", false, e.to_string())],
     };
@@ -261,62 +286,78 @@ pub fn pvm_secret() -> Vec<Report> {
             _ => return 0,
         };
         out.push(fact(
-            &format!("pvm_{stage}_vmm"),
+            &format!("{prefix}_{stage}_vmm"),
             seen(probe::read_u64(va as *const u64), seed),
         ));
         if ev == event::SECRET_READY {
-            match pfn_of(va).and_then(|pfn| map_devmem(pfn << 12)) {
-                Ok(ptr) => out.push(fact("pvm_private_devmem", seen(probe::read_u64(ptr), seed))),
-                Err(e) => out.push(check("pvm_private_devmem", false, e)),
+            match driver_pfn(ipa).and_then(|pfn| map_devmem(pfn << 12)) {
+                Ok(ptr) => out.push(fact(
+                    &format!("{prefix}_private_devmem"),
+                    seen(probe::read_u64(ptr), seed),
+                )),
+                Err(e) => out.push(check(&format!("{prefix}_private_devmem"), false, e)),
             }
-            out.push(fact("pvm_private_uaccess", uaccess_write(va, 64)));
-            out.push(fact("pvm_private_process_vm_readv", process_vm_read(va)));
-            out.push(fact("pvm_private_proc_mem", proc_mem_read(va)));
+            out.push(fact(
+                &format!("{prefix}_private_uaccess"),
+                uaccess_write(va, 64),
+            ));
+            out.push(fact(
+                &format!("{prefix}_private_process_vm_readv"),
+                process_vm_read(va),
+            ));
+            out.push(fact(
+                &format!("{prefix}_private_proc_mem"),
+                proc_mem_read(va),
+            ));
         }
         if let Ok(mut r) = log.lock() {
             r.extend(out);
         }
         0
     };
-    let console = Vec::new();
-    let bus = Bus::new(console, TestDevice::new(Box::new(handler)));
+    let bus = Bus::new(Vec::new(), TestDevice::new(Box::new(handler)));
     let counts = ExitCounts::default();
     let end = machine.run(&bus, &counts);
     let mem = machine.memory().clone();
-    let copies_left = |m: &vm_memory::GuestMemoryMmap| {
-        // Any copy of the secret left in guest RAM after teardown?
-        let mut bytes = vec![0u8; 1 << 20];
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let mut copies = 0;
-        for mib in 0..64u64 {
-            if m.read_slice(&mut bytes, GuestAddress(RAM_BASE + (mib << 20)))
-                .is_err()
-            {
-                return "unreadable".to_string();
-            }
-            for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-                *w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            }
-            copies += secret::find(&words, seed).len();
-        }
-        format!("{copies} copies")
-    };
     drop(machine);
     let mut out = match reports.lock() {
         Ok(r) => r.clone(),
         Err(_) => Vec::new(),
     };
     out.push(fact(
-        "pvm_end",
+        &format!("{prefix}_end"),
         match end {
             Ok(end) => format!("{end:?}"),
             Err(e) => format!("error: {e}"),
         },
     ));
-    out.push(fact("pvm_after_teardown", copies_left(&mem)));
+    out.push(fact(
+        &format!("{prefix}_after_teardown"),
+        copies_left(&mem, seed),
+    ));
     out.push(host_alive());
     out.push(kernel_clean());
     out
+}
+
+/// Copies of the secret left in guest RAM (as this process maps it) after
+/// teardown: for anonymous memory the pages come back zeroed; a
+/// guest_memfd's mapping reads back whatever the fd holds.
+fn copies_left(m: &vm_memory::GuestMemoryMmap, seed: u64) -> String {
+    let mut bytes = vec![0u8; 1 << 20];
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let mut copies = 0;
+    for mib in 0..64u64 {
+        let at = GuestAddress(RAM_BASE + (mib << 20));
+        if m.read_slice(&mut bytes, at).is_err() {
+            return "unreadable".to_string();
+        }
+        for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        }
+        copies += secret::find(&words, seed).len();
+    }
+    format!("{copies} copies")
 }
 
 /// The hyp's ownership digest: (digest, pages not the host's, live VMs).
@@ -367,7 +408,7 @@ fn scan_ram(seeds: &[u64]) -> Result<usize, String> {
 /// `pvm-teardown`: a protected guest's secret after its VMM exits, and
 /// after its VMM is SIGKILLed while the guest runs (three times): every
 /// page back with the host and the secret nowhere in host RAM.
-pub fn pvm_teardown() -> Vec<Report> {
+pub fn pvm_teardown(memory: &str) -> Vec<Report> {
     let run = || -> Result<Vec<Report>, String> {
         let mut out = Vec::new();
         let (_, base_not_host, base_vms) = digest()?;
@@ -377,6 +418,7 @@ pub fn pvm_teardown() -> Vec<Report> {
         seeds.push(seed);
         let status = Command::new(VMM)
             .args(["--kernel", CONFORMANCE, "--protected", "--mem", "64"])
+            .args(["--memory", memory])
             .args(["--cmdline", &format!("mode=secret seed={seed:#x}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -395,6 +437,7 @@ pub fn pvm_teardown() -> Vec<Report> {
             seeds.push(seed);
             let mut child = Command::new(VMM)
                 .args(["--kernel", CONFORMANCE, "--protected", "--mem", "64"])
+                .args(["--memory", memory])
                 .args(["--cmdline", &format!("mode=hold seed={seed:#x}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
