@@ -464,6 +464,65 @@ pub fn scenarios() -> Vec<Scenario> {
             true,
         ),
         agent(
+            "gmem-secret",
+            "a protected guest's secret in a guest_memfd: the VMM mapping gets SIGBUS from the \
+             host kernel, /dev/mem, uaccess, process_vm_readv and /proc/pid/mem fail; shared \
+             in place, private again after unshare",
+            &[
+                Expected::Is("gmem_private_vmm", "SIGBUS"),
+                Expected::Is("gmem_private_devmem", "SIGSEGV"),
+                Expected::Is("gmem_private_uaccess", "EFAULT"),
+                Expected::Is("gmem_private_process_vm_readv", "EFAULT"),
+                Expected::Is("gmem_private_proc_mem", "EIO"),
+                Expected::Is("gmem_shared_vmm", "secret"),
+                Expected::Is("gmem_unshared_vmm", "SIGBUS"),
+                Expected::Is("gmem_end", "PowerOff"),
+            ],
+            true,
+        ),
+        agent(
+            "gmem-teardown",
+            "guest_memfd memory after VMM exit and three SIGKILLs: every page back with the \
+             host, the secret nowhere in host RAM",
+            &[
+                Expected::Is("teardown_vmm_exit", "0"),
+                Expected::Is("teardown_kills", "3"),
+                Expected::Is("teardown_pages_not_host_delta", "0"),
+                Expected::Is("teardown_live_vms_delta", "0"),
+                Expected::Is("teardown_secret_copies", "0"),
+            ],
+            true,
+        ),
+        agent(
+            "gmem-punch",
+            "a hole punched in a private guest_memfd page while the guest runs: zeroed and the \
+             host's; the guest's next access ends KVM_RUN with EFAULT",
+            &[
+                Expected::Is("gmem_punch", "ok"),
+                Expected::Is("gmem_punched_owner", "host"),
+                Expected::Is("gmem_punched_page", "zero"),
+                Expected::Is("gmem_punch_end", "KVM_RUN EFAULT"),
+            ],
+            true,
+        ),
+        agent(
+            "gmem-bad-input",
+            "guest_memfd arguments mainline rejects get mainline's errors",
+            &[
+                Expected::Is("gmem_size_zero", "EINVAL"),
+                Expected::Is("gmem_size_unaligned", "EINVAL"),
+                Expected::Is("gmem_unknown_flags", "EINVAL"),
+                Expected::Is("gmem_mmap_without_flag", "ENODEV"),
+                Expected::Is("gmem_mmap_private", "EINVAL"),
+                Expected::Is("gmem_region_past_end", "EINVAL"),
+                Expected::Is("gmem_region_other_vm", "EINVAL"),
+                Expected::Is("gmem_region_not_gmem", "EINVAL"),
+                Expected::Is("gmem_region_normal_vm", "EINVAL"),
+                Expected::Is("gmem_region_ok", "ok"),
+            ],
+            true,
+        ),
+        agent(
             "hyp-refusals",
             "the hyp refuses MMIO, unmapped, hyp and another guest's pages (CVE-2023-21264 class) \
              and the ownership database does not change",

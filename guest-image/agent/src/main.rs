@@ -79,6 +79,22 @@ const SCENARIOS: &[(&str, &str)] = &[
         "pkvm.rst: a protected VM's register ioctls and memslot changes after the first run get EPERM",
     ),
     (
+        "gmem-secret",
+        "pvm-secret with the guest's RAM in a guest_memfd (SIGBUS from the host kernel, in-place sharing)",
+    ),
+    (
+        "gmem-teardown",
+        "pvm-teardown with guest_memfd memory",
+    ),
+    (
+        "gmem-punch",
+        "a hole punched in a private guest_memfd page while the guest runs: zeroed, the host's, the guest's next access -EFAULT",
+    ),
+    (
+        "gmem-bad-input",
+        "guest_memfd arguments mainline rejects get mainline's errors",
+    ),
+    (
         "vmm-garbage",
         "bad ioctls, regions and a vCPU run twice at once: mainline's errors, no oops",
     ),
@@ -202,6 +218,14 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "pvm-secret" => vms::pvm_secret("pvm", vms::MemoryModel::Anon),
         #[cfg(target_arch = "aarch64")]
         "pvm-teardown" => vms::pvm_teardown("anon"),
+        #[cfg(target_arch = "aarch64")]
+        "gmem-secret" => vms::pvm_secret("gmem", vms::MemoryModel::GuestMemfd),
+        #[cfg(target_arch = "aarch64")]
+        "gmem-teardown" => vms::pvm_teardown("guest-memfd"),
+        #[cfg(target_arch = "aarch64")]
+        "gmem-punch" => vms::gmem_punch(),
+        #[cfg(target_arch = "aarch64")]
+        "gmem-bad-input" => vms::gmem_bad_input(),
         #[cfg(target_arch = "aarch64")]
         "hyp-refusals" => vms::hyp_refusals(),
         #[cfg(target_arch = "aarch64")]

@@ -61,6 +61,7 @@ fn errno_name(e: i32) -> String {
         libc::EEXIST => "EEXIST".into(),
         libc::EINVAL => "EINVAL".into(),
         libc::ENOTTY => "ENOTTY".into(),
+        libc::ENODEV => "ENODEV".into(),
         other => format!("errno {other}"),
     }
 }
@@ -331,10 +332,15 @@ pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
             Err(e) => format!("error: {e}"),
         },
     ));
-    out.push(fact(
-        &format!("{prefix}_after_teardown"),
-        copies_left(&mem, seed),
-    ));
+    if memory == MemoryModel::Anon {
+        // The VMM's own pages, zeroed by the hyp before they came back. (A
+        // guest_memfd's mapping is the driver's: pvm-teardown's RAM scan
+        // covers it.)
+        out.push(fact(
+            &format!("{prefix}_after_teardown"),
+            copies_left(&mem, seed),
+        ));
+    }
     out.push(host_alive());
     out.push(kernel_clean());
     out
@@ -358,6 +364,195 @@ fn copies_left(m: &vm_memory::GuestMemoryMmap, seed: u64) -> String {
         copies += secret::find(&words, seed).len();
     }
     format!("{copies} copies")
+}
+
+/// `gmem-punch`: a guest_memfd page the guest holds is punched out while
+/// the guest runs: the hyp takes it from the guest and zeroes it, the
+/// host gets it back, and the guest's next access ends `KVM_RUN` with
+/// -EFAULT (pkvm.rst), not with a fresh page.
+pub fn gmem_punch() -> Vec<Report> {
+    let seed = fresh_seed();
+    let cfg = VmConfig {
+        memory: Some(MemoryModel::GuestMemfd),
+        ..secret_cfg("touch", seed)
+    };
+    let mut machine = match Machine::create(&cfg) {
+        Ok(m) => m,
+        Err(e) => return vec![check("create_vm", false, e.to_string())],
+    };
+    let Some(gmem_fd) = machine
+        .memory()
+        .iter()
+        .next()
+        .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()))
+    else {
+        return vec![check("gmem_fd", false, "guest memory has no fd".into())];
+    };
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&reports);
+    let handler = move |ev: u64, ipa: u64| -> u64 {
+        let mut out = Vec::new();
+        match ev {
+            event::SECRET_READY => {
+                let pfn = driver_pfn(ipa);
+                let offset = libc::off_t::try_from(ipa - RAM_BASE).unwrap_or(0);
+                // SAFETY: fallocate on our own guest_memfd.
+                let r = unsafe {
+                    libc::fallocate(
+                        gmem_fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset,
+                        4096,
+                    )
+                };
+                out.push(fact("gmem_punch", errno_of(r)));
+                match pfn.and_then(|pfn| {
+                    hypercall_regs(&call_line(hc::PAGE_OWNER, &[pfn << 12])).map(|r| (pfn, r))
+                }) {
+                    Ok((pfn, r)) => {
+                        let owner = if r[1] == abi::owner::HOST {
+                            "host"
+                        } else {
+                            "not host"
+                        };
+                        out.push(fact("gmem_punched_owner", owner.into()));
+                        let zero = map_devmem(pfn << 12)
+                            .map(|p| seen(probe::read_u64(p), seed))
+                            .unwrap_or_else(|e| e);
+                        out.push(fact("gmem_punched_page", zero));
+                    }
+                    Err(e) => out.push(check("gmem_punched_owner", false, e)),
+                }
+            }
+            event::TOUCHED => out.push(fact("gmem_touched", "yes".into())),
+            _ => {}
+        }
+        if let Ok(mut r) = log.lock() {
+            r.extend(out);
+        }
+        0
+    };
+    let bus = Bus::new(Vec::new(), TestDevice::new(Box::new(handler)));
+    let end = machine.run(&bus, &ExitCounts::default());
+    drop(machine);
+    let mut out = match reports.lock() {
+        Ok(r) => r.clone(),
+        Err(_) => Vec::new(),
+    };
+    out.push(fact(
+        "gmem_punch_end",
+        match end {
+            Ok(end) => format!("{end:?}"),
+            Err(cloister_vmm::vstate::VmmError::Kvm { what, source }) => {
+                format!("{what} {}", errno_name(source.errno()))
+            }
+            Err(e) => format!("error: {e}"),
+        },
+    ));
+    out.push(host_alive());
+    out.push(kernel_clean());
+    out
+}
+
+/// `gmem-bad-input`: guest_memfd arguments mainline rejects, each with
+/// mainline's error.
+pub fn gmem_bad_input() -> Vec<Report> {
+    use kvm_bindings::{kvm_create_guest_memfd, kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD};
+    const MMAP: u64 = cloister_vmm::memory::GUEST_MEMFD_FLAG_MMAP;
+    let run = || -> Result<Vec<Report>, String> {
+        let mut out = Vec::new();
+        let kvm = Kvm::new_with_path(c"/dev/cloister").map_err(|e| format!("open: {e}"))?;
+        let pvm = kvm
+            .create_vm_with_type(vm_type::PROTECTED)
+            .map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+        let other = kvm
+            .create_vm_with_type(vm_type::PROTECTED)
+            .map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+        let nvm = kvm
+            .create_vm_with_type(0)
+            .map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+        let gmem = |vm: &kvm_ioctls::VmFd, size: u64, flags: u64| {
+            vm.create_guest_memfd(kvm_create_guest_memfd {
+                size,
+                flags,
+                ..Default::default()
+            })
+        };
+        out.push(fact("gmem_size_zero", kvm_errno(gmem(&pvm, 0, MMAP))));
+        out.push(fact(
+            "gmem_size_unaligned",
+            kvm_errno(gmem(&pvm, 4097, MMAP)),
+        ));
+        out.push(fact(
+            "gmem_unknown_flags",
+            kvm_errno(gmem(&pvm, 0x10000, 1 << 7)),
+        ));
+        let fd = gmem(&pvm, 0x10000, MMAP).map_err(|e| format!("KVM_CREATE_GUEST_MEMFD: {e}"))?;
+        let plain = gmem(&pvm, 0x10000, 0).map_err(|e| format!("KVM_CREATE_GUEST_MEMFD: {e}"))?;
+        let theirs =
+            gmem(&other, 0x10000, MMAP).map_err(|e| format!("KVM_CREATE_GUEST_MEMFD: {e}"))?;
+        let map = |fd: i32, flags: i32| {
+            // SAFETY: a fresh mapping request of the fd; unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    0x10000,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    fd,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            } else {
+                // SAFETY: unmapping what we just mapped.
+                unsafe { libc::munmap(p, 0x10000) };
+                "mapped".into()
+            }
+        };
+        out.push(fact("gmem_mmap_without_flag", map(plain, libc::MAP_SHARED)));
+        out.push(fact("gmem_mmap_private", map(fd, libc::MAP_PRIVATE)));
+        let host =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), 0x20000)])
+                .map_err(|e| e.to_string())?;
+        let hva = host
+            .get_host_address(GuestAddress(RAM_BASE))
+            .map_err(|e| e.to_string())? as u64;
+        let region = |vm: &kvm_ioctls::VmFd, fd: i32, size: u64, offset: u64| {
+            let r = kvm_userspace_memory_region2 {
+                slot: 0,
+                flags: KVM_MEM_GUEST_MEMFD,
+                guest_phys_addr: RAM_BASE,
+                memory_size: size,
+                userspace_addr: hva,
+                guest_memfd_offset: offset,
+                guest_memfd: u32::try_from(fd).unwrap_or(u32::MAX),
+                ..Default::default()
+            };
+            // SAFETY: `host` outlives the VMs; bad regions map nothing.
+            kvm_errno(unsafe { vm.set_user_memory_region2(r) })
+        };
+        out.push(fact("gmem_region_past_end", region(&pvm, fd, 0x20000, 0)));
+        out.push(fact(
+            "gmem_region_other_vm",
+            region(&pvm, theirs, 0x10000, 0),
+        ));
+        out.push(fact(
+            "gmem_region_not_gmem",
+            region(&pvm, kvm.as_raw_fd(), 0x10000, 0),
+        ));
+        out.push(fact("gmem_region_normal_vm", region(&nvm, fd, 0x10000, 0)));
+        out.push(fact("gmem_region_ok", region(&pvm, fd, 0x10000, 0)));
+        for f in [fd, plain, theirs] {
+            // SAFETY: closing fds we created.
+            unsafe { libc::close(f) };
+        }
+        out.push(host_alive());
+        out.push(kernel_clean());
+        Ok(out)
+    };
+    run().unwrap_or_else(|e| vec![check("gmem_bad_input", false, e)])
 }
 
 /// The hyp's ownership digest: (digest, pages not the host's, live VMs).

@@ -7,7 +7,9 @@
 //! `mode=secret seed=<hex>`: write the secret, `SECRET_READY`; MEM_SHARE,
 //! `SHARED`; MEM_UNSHARE, `UNSHARED`; power off. `mode=hold seed=<hex>`:
 //! write the secret, `SECRET_READY`, `HOLDING`, then wait forever (for
-//! tests that kill the VMM mid-run).
+//! tests that kill the VMM mid-run). `mode=touch seed=<hex>`: write the
+//! secret, `SECRET_READY`, read the page again, `TOUCHED`, power off (for
+//! tests that take the page away while the guest runs).
 //!
 //! The secret is words `s1..s512` of xorshift64 (13, 7, 17) from the seed,
 //! the same sequence the agent's scanner regenerates
@@ -29,6 +31,9 @@ pub const SHARED: u32 = 2;
 pub const UNSHARED: u32 = 3;
 /// Event: the guest now waits forever.
 pub const HOLDING: u32 = 4;
+/// Event: the guest read the first word of the secret page again
+/// (`mode=touch`; `VALUE` = the IPA).
+pub const TOUCHED: u32 = 5;
 
 /// Which secret mode, if any.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -43,6 +48,21 @@ pub enum Mode {
         /// The secret's seed.
         seed: u64,
     },
+    /// After the secret is ready, read the page again (the host may have
+    /// taken it meanwhile), report it, power off.
+    Touch {
+        /// The secret's seed.
+        seed: u64,
+    },
+}
+
+impl Mode {
+    /// The secret's seed.
+    pub fn seed(self) -> u64 {
+        match self {
+            Mode::Walk { seed } | Mode::Hold { seed } | Mode::Touch { seed } => seed,
+        }
+    }
 }
 
 /// `mode=` and `seed=` from the bootargs: `None` for the suite (no
@@ -58,7 +78,8 @@ pub fn mode(bootargs: &str) -> Option<Result<Mode, &'static str>> {
         (_, None) => Err("mode= needs seed=<non-zero hex>"),
         ("secret", Some(seed)) => Ok(Mode::Walk { seed }),
         ("hold", Some(seed)) => Ok(Mode::Hold { seed }),
-        _ => Err("mode= is secret or hold"),
+        ("touch", Some(seed)) => Ok(Mode::Touch { seed }),
+        _ => Err("mode= is secret, hold or touch"),
     })
 }
 

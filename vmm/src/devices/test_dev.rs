@@ -32,6 +32,8 @@ pub mod event {
     /// The guest will now spin until it is killed (`VALUE` = the secret's
     /// IPA): for teardown-under-SIGKILL tests.
     pub const HOLDING: u64 = 4;
+    /// The guest read the secret page again (`VALUE` = its IPA).
+    pub const TOUCHED: u64 = 5;
 
     /// A name for logs.
     pub fn name(code: u64) -> &'static str {
@@ -40,6 +42,7 @@ pub mod event {
             SHARED => "shared",
             UNSHARED => "unshared",
             HOLDING => "holding",
+            TOUCHED => "touched",
             _ => "unknown",
         }
     }

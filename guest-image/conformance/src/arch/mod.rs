@@ -325,10 +325,7 @@ fn test_event(event: u32, ipa: u64) {
 
 /// Secret mode (see `secret`): never returns.
 fn secret_mode(mode: secret::Mode, console: u64) -> ! {
-    let (seed, hold) = match mode {
-        secret::Mode::Walk { seed } => (seed, false),
-        secret::Mode::Hold { seed } => (seed, true),
-    };
+    let seed = mode.seed();
     let _ = hvc_raw([u64::from(kvm::MMIO_GUARD), secret::TEST_DEV, 0, 0]);
     let mut s = seed;
     for word in &SECRET_PAGE.0 {
@@ -337,7 +334,16 @@ fn secret_mode(mode: secret::Mode, console: u64) -> ! {
     }
     let ipa = core::ptr::from_ref(&SECRET_PAGE).addr() as u64;
     test_event(secret::SECRET_READY, ipa);
-    if hold {
+    if let secret::Mode::Touch { .. } = mode {
+        // The host may have taken the page meanwhile: this load is then a
+        // memory fault the host cannot resolve.
+        let first = SECRET_PAGE.0[0].load(SeqCst);
+        test_event(secret::TOUCHED, ipa);
+        let _ = writeln!(Console(console), "# touched {first:#x}");
+        let _ = hvc_raw([u64::from(psci::SYSTEM_OFF), 0, 0, 0]);
+        halt();
+    }
+    if let secret::Mode::Hold { .. } = mode {
         test_event(secret::HOLDING, ipa);
         let _ = writeln!(Console(console), "# holding the secret at {ipa:#x}");
         halt();
