@@ -496,12 +496,12 @@ pub fn scenarios() -> Vec<Scenario> {
         agent(
             "gmem-punch",
             "a hole punched in a private guest_memfd page while the guest runs: zeroed and the \
-             host's; the guest's next access ends KVM_RUN with EFAULT",
+             host's; the guest's next access ends KVM_RUN with EFAULT / KVM_EXIT_MEMORY_FAULT",
             &[
                 Expected::Is("gmem_punch", "ok"),
                 Expected::Is("gmem_punched_owner", "host"),
                 Expected::Is("gmem_punched_page", "zero"),
-                Expected::Is("gmem_punch_end", "KVM_RUN EFAULT"),
+                Expected::Is("gmem_punch_end", "memory fault at the punched page"),
             ],
             true,
         ),

@@ -241,6 +241,10 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
 /// debugfs page list (`gfn pfn donated|shared` lines).
 fn driver_pfn(ipa: u64) -> Result<u64, String> {
     let dir = "/sys/kernel/debug/cloister";
+    if !std::path::Path::new(dir).exists() {
+        let _ = fs::create_dir_all("/sys/kernel/debug");
+        crate::mount("debugfs", "/sys/kernel/debug");
+    }
     let vms = fs::read_to_string(format!("{dir}/vms")).map_err(|e| format!("{dir}/vms: {e}"))?;
     let pid = format!("pid={}", std::process::id());
     let handle = vms
@@ -390,10 +394,15 @@ pub fn gmem_punch() -> Vec<Report> {
     };
     let reports = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&reports);
+    let punched = Arc::new(Mutex::new(None::<u64>));
+    let punched_log = Arc::clone(&punched);
     let handler = move |ev: u64, ipa: u64| -> u64 {
         let mut out = Vec::new();
         match ev {
             event::SECRET_READY => {
+                if let Ok(mut p) = punched_log.lock() {
+                    *p = Some(ipa);
+                }
                 let pfn = driver_pfn(ipa);
                 let offset = libc::off_t::try_from(ipa - RAM_BASE).unwrap_or(0);
                 // SAFETY: fallocate on our own guest_memfd.
@@ -439,12 +448,15 @@ pub fn gmem_punch() -> Vec<Report> {
         Ok(r) => r.clone(),
         Err(_) => Vec::new(),
     };
+    let punched = punched.lock().ok().and_then(|p| *p);
     out.push(fact(
         "gmem_punch_end",
         match end {
             Ok(end) => format!("{end:?}"),
-            Err(cloister_vmm::vstate::VmmError::Kvm { what, source }) => {
-                format!("{what} {}", errno_name(source.errno()))
+            Err(cloister_vmm::vstate::VmmError::MemoryFault { gpa, .. })
+                if Some(gpa & !0xfff) == punched =>
+            {
+                "memory fault at the punched page".into()
             }
             Err(e) => format!("error: {e}"),
         },

@@ -82,6 +82,18 @@ pub enum VmmError {
     /// The guest did something the VMM does not handle.
     #[error("unexpected exit: {0}")]
     UnexpectedExit(String),
+    /// The guest touched memory the host cannot give it (a guest_memfd
+    /// page punched out, or unpinnable memory): `KVM_RUN` failed with
+    /// EFAULT and `KVM_EXIT_MEMORY_FAULT`.
+    #[error("vCPU {vcpu}: guest memory at {gpa:#x} (+{size:#x}) is gone (KVM_EXIT_MEMORY_FAULT)")]
+    MemoryFault {
+        /// The vCPU.
+        vcpu: usize,
+        /// The guest-physical address.
+        gpa: u64,
+        /// The size.
+        size: u64,
+    },
     /// A vCPU thread could not be started.
     #[error("starting a vCPU thread: {0}")]
     Thread(String),
@@ -359,6 +371,13 @@ fn run_vcpu<W: Write>(
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => GuestEnd::Reset,
                     other => GuestEnd::Other(other),
                 }));
+            }
+            VcpuExit::MemoryFault { gpa, size, .. } => {
+                return Some(Err(VmmError::MemoryFault {
+                    vcpu: index,
+                    gpa,
+                    size,
+                }))
             }
             VcpuExit::Hypercall(h) => {
                 match h.nr {
