@@ -1,4 +1,6 @@
 //! `cargo xtask bench boot`: what the hypervisor costs at boot.
+//! `cargo xtask bench memory`: the two protected-memory models side by
+//! side (measured by the agent's `bench-memory` scenario in one boot).
 //!
 //! Boots the same host kernel and initramfs N times directly and N times
 //! under the hyp, interleaved so machine noise hits both alike, and measures
@@ -37,7 +39,38 @@ enum BenchKind {
         #[arg(long, default_value = HYP_STACK)]
         hyp: String,
     },
+    /// A 256 MiB protected guest on each memory model (pinned anonymous
+    /// memory vs. guest_memfd), measured in one boot of the host.
+    Memory {
+        /// Stack to boot (needs the hyp).
+        #[arg(long, default_value = HYP_STACK)]
+        stack: String,
+    },
 }
+
+/// Longest the memory bench's boot may take.
+const MEMORY_BENCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The rows `bench memory` prints: agent fact suffix, label.
+const MEMORY_ROWS: &[(&str, &str)] = &[
+    (
+        "first_report_ms",
+        "VM creation to the guest's first report (ms)",
+    ),
+    (
+        "share_unshare_us",
+        "share + unshare round, guest's view (us)",
+    ),
+    ("vmm_exits_per_share", "exits to the VMM per share"),
+    (
+        "touch_us_per_page",
+        "first touch of a page, guest's view (us)",
+    ),
+    ("pages_touched", "pages the guest touched"),
+    ("host_mem_mib", "host memory spent once all touched (MiB)"),
+    ("vmm_rss_mib", "VMM resident set (MiB)"),
+    ("driver_pages", "pages the driver gave the guest"),
+];
 
 /// The baseline: the host kernel booted directly at EL2.
 pub const DIRECT_STACK: &str = "qemu-virt-direct";
@@ -51,6 +84,7 @@ impl Bench {
     pub fn run(self) -> Result<()> {
         match self.what {
             BenchKind::Boot { runs, direct, hyp } => bench_boot(runs, &direct, &hyp),
+            BenchKind::Memory { stack } => bench_memory(&stack),
         }
     }
 }
@@ -125,6 +159,88 @@ fn bench_boot(runs: usize, direct: &str, hyp: &str) -> Result<()> {
     let out = work.join("boot.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("  raw times: {}", out.display());
+    Ok(())
+}
+
+fn bench_memory(stack_name: &str) -> Result<()> {
+    use cloister_agent::protocol::Report;
+    let root = crate::project_root();
+    let stack = stack::load(&root, stack_name)?;
+    if !stack.file.hyp.enabled {
+        bail!("--stack {stack_name} has no hypervisor; the memory bench needs one");
+    }
+    let manifest = build::build_image(stack_name, false)?;
+    let paths = ArtifactPaths::from_manifest(&manifest)?;
+    let work = crate::cloister_dir().join("bench").join("memory");
+    let files = crate::e2e::ScenarioFiles::new(&work)?;
+    let opts = BootOptions {
+        extra_cmdline: qemu::agent_cmdline("bench-memory"),
+        results: Some(files.results.clone()),
+        ..BootOptions::new(Console::File(files.console.clone()))
+    };
+    let paths = qemu::prepare_boot(&stack, &paths, &opts, &work)?;
+    let mut cmd = Command::new(qemu::binary()?);
+    cmd.args(qemu::args(&stack, &paths, &opts));
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "bench-memory on {stack_name} (console: {})",
+        files.console.display()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let end = crate::e2e::run_boot(&mut cmd, &files.qemu_log, MEMORY_BENCH_TIMEOUT)?;
+    spinner.finish_and_clear();
+    let results = std::fs::read_to_string(&files.results).unwrap_or_default();
+    let mut facts = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for line in results.lines().filter(|l| !l.trim().is_empty()) {
+        match Report::from_line(line) {
+            Ok(Report::Fact { key, value }) => {
+                facts.insert(key, value);
+            }
+            Ok(Report::Check {
+                name,
+                ok: false,
+                detail,
+            }) => failed.push(format!("{name}: {detail}")),
+            Ok(_) => {}
+            Err(e) => bail!("{}: {e}", files.results.display()),
+        }
+    }
+    if !failed.is_empty() || facts.is_empty() {
+        let tail = crate::stage::tail(&files.console, 25).join("\n");
+        bail!(
+            "the memory bench failed ({end:?}): {}\n--- console tail ---\n{tail}\n--- console log: {} ---",
+            if failed.is_empty() { "no measurements".to_string() } else { failed.join("; ") },
+            files.console.display()
+        );
+    }
+    println!("256 MiB protected guest, one boot of {stack_name}:");
+    println!(
+        "  {:46} {:>10} {:>12} {:>10}",
+        "", "anon", "guest-memfd", "gmem/anon"
+    );
+    let mut json = serde_json::Map::new();
+    for (suffix, label) in MEMORY_ROWS {
+        let get = |model: &str| {
+            facts
+                .get(&format!("{model}_{suffix}"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (a, g) = (get("anon"), get("gmem"));
+        let ratio = match (a.parse::<f64>(), g.parse::<f64>()) {
+            (Ok(a), Ok(g)) if a > 0.0 => format!("{:.2}", g / a),
+            _ => "-".into(),
+        };
+        println!("  {label:46} {a:>10} {g:>12} {ratio:>10}");
+        json.insert(
+            (*suffix).into(),
+            serde_json::json!({ "anon": a, "guest_memfd": g, "ratio": ratio }),
+        );
+    }
+    let out = work.join("memory.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    println!("  raw: {}", out.display());
     Ok(())
 }
 

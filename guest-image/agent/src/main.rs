@@ -95,6 +95,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "guest_memfd arguments mainline rejects get mainline's errors",
     ),
     (
+        "bench-memory",
+        "cargo xtask bench memory's measurements: a 256 MiB protected guest on each memory model",
+    ),
+    (
         "vmm-garbage",
         "bad ioctls, regions and a vCPU run twice at once: mainline's errors, no oops",
     ),
@@ -224,6 +228,8 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "gmem-teardown" => vms::pvm_teardown("guest-memfd"),
         #[cfg(target_arch = "aarch64")]
         "gmem-punch" => vms::gmem_punch(),
+        #[cfg(target_arch = "aarch64")]
+        "bench-memory" => vms::bench_memory(),
         #[cfg(target_arch = "aarch64")]
         "gmem-bad-input" => vms::gmem_bad_input(),
         #[cfg(target_arch = "aarch64")]

@@ -20,7 +20,7 @@ use cloister_vmm::arch::layout::{RAM_BASE, TEST_DEV_BASE};
 use cloister_vmm::devices::test_dev::{event, TestDevice};
 use cloister_vmm::devices::Bus;
 pub use cloister_vmm::vstate::MemoryModel;
-use cloister_vmm::vstate::{ExitCounts, Machine, VmConfig};
+use cloister_vmm::vstate::{ExitCounts, GuestEnd, Machine, VmConfig};
 use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -565,6 +565,138 @@ pub fn gmem_bad_input() -> Vec<Report> {
         Ok(out)
     };
     run().unwrap_or_else(|e| vec![check("gmem_bad_input", false, e)])
+}
+
+/// A `/proc` field in KiB (`MemAvailable:` in /proc/meminfo, `VmRSS:` in
+/// /proc/self/status).
+fn proc_kib(file: &str, field: &str) -> u64 {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The driver's page count for this process's VM (debugfs `vms`).
+fn driver_pages() -> u64 {
+    let pid = format!("pid={}", std::process::id());
+    fs::read_to_string("/sys/kernel/debug/cloister/vms")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == pid))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pages=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `bench-memory` (for `cargo xtask bench memory`): a 256 MiB protected
+/// guest on each memory model, in one run: time from creating the VM to
+/// the guest's first report, a share + unshare round as the guest times
+/// it, VMM exits per share, a first touch per page, and the memory the
+/// host spends once the guest touched all its RAM.
+pub fn bench_memory() -> Vec<Report> {
+    let mut out = Vec::new();
+    let _ = driver_pfn(0); // mounts debugfs
+    for (name, model) in [
+        ("anon", MemoryModel::Anon),
+        ("gmem", MemoryModel::GuestMemfd),
+    ] {
+        let before_kib = proc_kib("/proc/meminfo", "MemAvailable:");
+        let started = std::time::Instant::now();
+        let cfg = VmConfig {
+            mem_mib: 256,
+            memory: Some(model),
+            ..secret_cfg("bench", fresh_seed())
+        };
+        let mut machine = match Machine::create(&cfg) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(check(&format!("{name}_create"), false, e.to_string()));
+                continue;
+            }
+        };
+        let seen: Arc<Mutex<Vec<(u64, u64, u128)>>> = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let sample: Arc<Mutex<(u64, u64, u64)>> = Arc::new(Mutex::new((0, 0, 0)));
+        let sample_log = Arc::clone(&sample);
+        let handler = move |ev: u64, value: u64| -> u64 {
+            if ev == event::BENCH_TOUCH_PAGES {
+                // Touched everything: what does the host spend now?
+                if let Ok(mut s) = sample_log.lock() {
+                    *s = (
+                        proc_kib("/proc/meminfo", "MemAvailable:"),
+                        proc_kib("/proc/self/status", "VmRSS:"),
+                        driver_pages(),
+                    );
+                }
+            }
+            if let Ok(mut l) = log.lock() {
+                l.push((ev, value, started.elapsed().as_micros()));
+            }
+            0
+        };
+        let bus = Bus::new(Vec::new(), TestDevice::new(Box::new(handler)));
+        let counts = ExitCounts::default();
+        let end = machine.run(&bus, &counts);
+        drop(machine);
+        let events = seen.lock().map(|e| e.clone()).unwrap_or_default();
+        let value = |code: u64| events.iter().find(|e| e.0 == code).map(|e| (e.1, e.2));
+        let (
+            Some((freq, ready_us)),
+            Some((share_ticks, _)),
+            Some((pages, _)),
+            Some((touch_ticks, _)),
+        ) = (value(6), value(7), value(9), value(8))
+        else {
+            out.push(check(
+                &format!("{name}_events"),
+                false,
+                format!("guest events {events:?}, end {end:?}"),
+            ));
+            continue;
+        };
+        let us = |ticks: u64| ticks as f64 * 1e6 / freq.max(1) as f64;
+        let (avail_kib, rss_kib, driver) = sample.lock().map(|s| *s).unwrap_or_default();
+        let shares = counts.shares.load(std::sync::atomic::Ordering::Relaxed);
+        out.push(fact(
+            &format!("{name}_first_report_ms"),
+            format!("{:.1}", ready_us as f64 / 1000.0),
+        ));
+        out.push(fact(
+            &format!("{name}_share_unshare_us"),
+            format!("{:.1}", us(share_ticks) / 64.0),
+        ));
+        out.push(fact(
+            &format!("{name}_vmm_exits_per_share"),
+            format!("{:.2}", shares as f64 / 64.0),
+        ));
+        out.push(fact(
+            &format!("{name}_touch_us_per_page"),
+            format!("{:.2}", us(touch_ticks) / pages.max(1) as f64),
+        ));
+        out.push(fact(&format!("{name}_pages_touched"), pages.to_string()));
+        out.push(fact(
+            &format!("{name}_host_mem_mib"),
+            format!(
+                "{:.1}",
+                before_kib.saturating_sub(avail_kib) as f64 / 1024.0
+            ),
+        ));
+        out.push(fact(
+            &format!("{name}_vmm_rss_mib"),
+            format!("{:.1}", rss_kib as f64 / 1024.0),
+        ));
+        out.push(fact(&format!("{name}_driver_pages"), driver.to_string()));
+        out.push(check(
+            &format!("{name}_end"),
+            matches!(end, Ok(GuestEnd::PowerOff)),
+            format!("{end:?}"),
+        ));
+    }
+    out.push(host_alive());
+    out.push(kernel_clean());
+    out
 }
 
 /// The hyp's ownership digest: (digest, pages not the host's, live VMs).

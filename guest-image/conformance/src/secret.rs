@@ -31,6 +31,18 @@ pub const SHARED: u32 = 2;
 pub const UNSHARED: u32 = 3;
 /// Event: the guest now waits forever.
 pub const HOLDING: u32 = 4;
+/// Event (`mode=bench`): the guest runs; `VALUE` = CNTFRQ_EL0.
+pub const BENCH_READY: u32 = 6;
+/// Event: `VALUE` = counter ticks for [`BENCH_ROUNDS`] share + unshare
+/// rounds of one page.
+pub const BENCH_SHARE_TICKS: u32 = 7;
+/// Event: `VALUE` = counter ticks to write one word in every page of RAM
+/// from the end of the image to the DTB (each a first touch).
+pub const BENCH_TOUCH_TICKS: u32 = 8;
+/// Event: `VALUE` = pages touched.
+pub const BENCH_TOUCH_PAGES: u32 = 9;
+/// Share + unshare rounds `mode=bench` times.
+pub const BENCH_ROUNDS: u64 = 64;
 /// Event: the guest read the first word of the secret page again
 /// (`mode=touch`; `VALUE` = the IPA).
 pub const TOUCHED: u32 = 5;
@@ -54,13 +66,21 @@ pub enum Mode {
         /// The secret's seed.
         seed: u64,
     },
+    /// Measure share/unshare and first-touch costs (`bench memory`).
+    Bench {
+        /// Unused beyond the secret page's contents.
+        seed: u64,
+    },
 }
 
 impl Mode {
     /// The secret's seed.
     pub fn seed(self) -> u64 {
         match self {
-            Mode::Walk { seed } | Mode::Hold { seed } | Mode::Touch { seed } => seed,
+            Mode::Walk { seed }
+            | Mode::Hold { seed }
+            | Mode::Touch { seed }
+            | Mode::Bench { seed } => seed,
         }
     }
 }
@@ -79,7 +99,8 @@ pub fn mode(bootargs: &str) -> Option<Result<Mode, &'static str>> {
         ("secret", Some(seed)) => Ok(Mode::Walk { seed }),
         ("hold", Some(seed)) => Ok(Mode::Hold { seed }),
         ("touch", Some(seed)) => Ok(Mode::Touch { seed }),
-        _ => Err("mode= is secret, hold or touch"),
+        ("bench", Some(seed)) => Ok(Mode::Bench { seed }),
+        _ => Err("mode= is secret, hold, touch or bench"),
     })
 }
 

@@ -34,6 +34,14 @@ pub mod event {
     pub const HOLDING: u64 = 4;
     /// The guest read the secret page again (`VALUE` = its IPA).
     pub const TOUCHED: u64 = 5;
+    /// Bench: the guest runs (`VALUE` = its counter frequency).
+    pub const BENCH_READY: u64 = 6;
+    /// Bench: counter ticks for 64 share + unshare rounds.
+    pub const BENCH_SHARE_TICKS: u64 = 7;
+    /// Bench: counter ticks to first-touch the pages of `BENCH_TOUCH_PAGES`.
+    pub const BENCH_TOUCH_TICKS: u64 = 8;
+    /// Bench: pages first-touched.
+    pub const BENCH_TOUCH_PAGES: u64 = 9;
 
     /// A name for logs.
     pub fn name(code: u64) -> &'static str {
@@ -43,6 +51,10 @@ pub mod event {
             UNSHARED => "unshared",
             HOLDING => "holding",
             TOUCHED => "touched",
+            BENCH_READY => "bench-ready",
+            BENCH_SHARE_TICKS => "bench-share-ticks",
+            BENCH_TOUCH_TICKS => "bench-touch-ticks",
+            BENCH_TOUCH_PAGES => "bench-touch-pages",
             _ => "unknown",
         }
     }

@@ -26,6 +26,9 @@ global_asm!(include_str!("vectors.S"));
 extern "C" {
     /// The second vCPU's entry point (entry.S).
     fn secondary_entry();
+    /// The first byte after the image, .bss and stacks included
+    /// (conformance.ld; page-aligned).
+    static __image_end: u8;
 }
 
 /// Where the second vCPU stores its context ID (written by entry.S).
@@ -313,14 +316,59 @@ fn read_dtb(addr: u64) -> Result<DtbInfo<'static>, DtbError> {
     dtb::parse(blob)
 }
 
-/// Tells the test device `event` about the page at `ipa`.
-fn test_event(event: u32, ipa: u64) {
-    // IPAs of guest RAM fit the 32-bit VALUE write (RAM is below 4 GiB).
-    mmio_write32(
-        secret::TEST_DEV + secret::VALUE,
-        u32::try_from(ipa).unwrap_or(0),
-    );
+/// Tells the test device `event` with `value` (an IPA or a count).
+fn test_event(event: u32, value: u64) {
+    mmio_write64(secret::TEST_DEV + secret::VALUE, value);
     mmio_write32(secret::TEST_DEV + secret::EVENT, event);
+}
+
+/// One 64-bit `STR` with no writeback.
+fn mmio_write64(addr: u64, value: u64) {
+    // SAFETY: a store to the test device's VALUE register, device memory
+    // nothing else in the guest uses.
+    unsafe {
+        asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack));
+    }
+}
+
+/// `mode=bench`: times share + unshare rounds and first touches of all
+/// RAM between the image and the DTB; reports through the test device.
+fn bench_mode(ram: Option<(u64, u64)>, dtb_addr: u64) -> ! {
+    let _ = hvc_raw([u64::from(kvm::MMIO_GUARD), secret::TEST_DEV, 0, 0]);
+    test_event(secret::BENCH_READY, read_sysreg!("cntfrq_el0"));
+    let page = core::ptr::from_ref(&SECRET_PAGE).addr() as u64;
+    SECRET_PAGE.0[0].store(1, SeqCst);
+    let start = read_sysreg!("cntvct_el0");
+    for _ in 0..secret::BENCH_ROUNDS {
+        let _ = hvc_raw([u64::from(kvm::MEM_SHARE), page, 0, 0]);
+        let _ = hvc_raw([u64::from(kvm::MEM_UNSHARE), page, 0, 0]);
+    }
+    test_event(
+        secret::BENCH_SHARE_TICKS,
+        read_sysreg!("cntvct_el0") - start,
+    );
+    // Every page above the image up to the DTB: one store each, each a
+    // first touch. (Only the symbol's address is taken, never its value.)
+    let first = core::ptr::addr_of!(__image_end).addr() as u64;
+    let end = match ram {
+        Some((base, size)) => (base + size).min(dtb_addr & !0xfff),
+        None => first,
+    };
+    let start = read_sysreg!("cntvct_el0");
+    let mut pages = 0u64;
+    let mut at = first;
+    while at < end {
+        // SAFETY: guest RAM below the DTB and above this image: nothing in
+        // the guest uses it.
+        unsafe { core::ptr::write_volatile(at as *mut u64, at) };
+        at += 0x1000;
+        pages += 1;
+    }
+    let ticks = read_sysreg!("cntvct_el0") - start;
+    test_event(secret::BENCH_TOUCH_PAGES, pages);
+    test_event(secret::BENCH_TOUCH_TICKS, ticks);
+    let _ = hvc_raw([u64::from(psci::SYSTEM_OFF), 0, 0, 0]);
+    halt()
 }
 
 /// Secret mode (see `secret`): never returns.
@@ -382,6 +430,9 @@ extern "C" fn rust_main(dtb_addr: u64) -> ! {
     let bootargs = cfg.dtb.ok().and_then(|d| d.bootargs).unwrap_or("");
     match secret::mode(bootargs) {
         None => {}
+        Some(Ok(secret::Mode::Bench { .. })) => {
+            bench_mode(cfg.dtb.ok().and_then(|d| d.ram), dtb_addr)
+        }
         Some(Ok(mode)) => secret_mode(mode, cfg.console),
         Some(Err(why)) => fatal(format_args!("{why}")),
     }
