@@ -415,7 +415,19 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         agent(
             "conformance-protected",
-            "the bare-metal conformance guest passes the pKVM guest ABI suite as a protected VM",
+            "the bare-metal conformance guest passes the pKVM guest ABI suite as a protected VM \
+             (guest_memfd memory, the default)",
+            &[
+                Expected::Is("conformance", "pass"),
+                Expected::Is("conformance_kind", "protected"),
+                Expected::Is("vmm_exit", "0"),
+            ],
+            true,
+        ),
+        agent(
+            "conformance-protected-anon",
+            "the conformance guest passes as a protected VM on pinned anonymous memory \
+             (pKVM's model; the default is guest_memfd)",
             &[
                 Expected::Is("conformance", "pass"),
                 Expected::Is("conformance_kind", "protected"),

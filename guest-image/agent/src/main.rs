@@ -59,6 +59,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "the bare-metal conformance guest as a protected VM under cloister-vmm; reports its TAP verdict",
     ),
     (
+        "conformance-protected-anon",
+        "the conformance guest as a protected VM on pinned anonymous memory (pKVM's model)",
+    ),
+    (
         "conformance-normal",
         "the conformance guest as a normal VM; reports its TAP verdict",
     ),
@@ -215,9 +219,11 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "guest-run" => guest_run(),
         "pvm-isolation" => pvm_isolation(),
         #[cfg(target_arch = "aarch64")]
-        "conformance-protected" => vms::conformance(true),
+        "conformance-protected" => vms::conformance(true, None),
         #[cfg(target_arch = "aarch64")]
-        "conformance-normal" => vms::conformance(false),
+        "conformance-protected-anon" => vms::conformance(true, Some("anon")),
+        #[cfg(target_arch = "aarch64")]
+        "conformance-normal" => vms::conformance(false, None),
         #[cfg(target_arch = "aarch64")]
         "pvm-secret" => vms::pvm_secret("pvm", vms::MemoryModel::Anon),
         #[cfg(target_arch = "aarch64")]

@@ -93,13 +93,16 @@ fn kernel_clean() -> Report {
 
 /// `conformance-protected` / `conformance-normal`: the bare-metal guest's
 /// TAP, run by the real VMM.
-pub fn conformance(protected: bool) -> Vec<Report> {
+pub fn conformance(protected: bool, memory: Option<&str>) -> Vec<Report> {
     let kind = if protected { "protected" } else { "normal" };
     let mut cmd = Command::new(VMM);
     cmd.args(["--kernel", CONFORMANCE, "--cpus", "2", "--mem", "64"])
         .args(["--cmdline", &format!("expect={kind}")]);
     if protected {
         cmd.arg("--protected");
+    }
+    if let Some(memory) = memory {
+        cmd.args(["--memory", memory]);
     }
     let out = match cmd.output() {
         Ok(out) => out,
