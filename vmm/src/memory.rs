@@ -15,6 +15,14 @@ pub enum MemoryModel {
 }
 
 impl MemoryModel {
+    /// The `--memory` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anon => "anon",
+            Self::GuestMemfd => "guest-memfd",
+        }
+    }
+
     /// The default: guest_memfd for a protected VM when the device offers
     /// it (`KVM_CAP_GUEST_MEMFD`), else anonymous memory.
     pub fn default_for(protected: bool, guest_memfd_supported: bool) -> Self {
@@ -43,5 +51,6 @@ mod tests {
         assert_eq!(MemoryModel::default_for(true, false), MemoryModel::Anon);
         assert_eq!(MemoryModel::default_for(false, true), MemoryModel::Anon);
         assert_eq!(GUEST_MEMFD_FLAG_MMAP, 1);
+        assert_eq!(MemoryModel::GuestMemfd.name(), "guest-memfd");
     }
 }

@@ -418,6 +418,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "the bare-metal conformance guest passes the pKVM guest ABI suite as a protected VM \
              (guest_memfd memory, the default)",
             &[
+                Expected::Is("conformance_memory", "guest-memfd"),
                 Expected::Is("conformance", "pass"),
                 Expected::Is("conformance_kind", "protected"),
                 Expected::Is("vmm_exit", "0"),
@@ -429,6 +430,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "the conformance guest passes as a protected VM on pinned anonymous memory \
              (pKVM's model; the default is guest_memfd)",
             &[
+                Expected::Is("conformance_memory", "anon"),
                 Expected::Is("conformance", "pass"),
                 Expected::Is("conformance_kind", "protected"),
                 Expected::Is("vmm_exit", "0"),
@@ -439,6 +441,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "conformance-normal",
             "the conformance guest gets a normal VM's answers as a normal VM",
             &[
+                Expected::Is("conformance_memory", "anon"),
                 Expected::Is("conformance", "pass"),
                 Expected::Is("conformance_kind", "normal"),
                 Expected::Is("vmm_exit", "0"),

@@ -139,6 +139,7 @@ pub struct Machine {
     vm: VmFd,
     mem: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
+    model: MemoryModel,
 }
 
 impl std::fmt::Debug for Machine {
@@ -221,13 +222,23 @@ impl Machine {
         for i in 0..cfg.vcpus {
             vcpus.push(create_vcpu(&vm, i, loaded.entry, fdt_addr(mem_size))?);
         }
-        Ok(Self { vm, mem, vcpus })
+        Ok(Self {
+            vm,
+            mem,
+            vcpus,
+            model,
+        })
     }
 
     /// The guest's RAM as this process maps it (for a protected VM, pages
     /// the guest has touched are the guest's: reading them faults).
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// Where its RAM comes from.
+    pub fn memory_model(&self) -> MemoryModel {
+        self.model
     }
 
     /// The VM fd (for tests of the ioctl ABI).
@@ -313,6 +324,13 @@ impl Machine {
 /// [`VmmError`] naming the step that failed.
 pub fn run(cfg: &VmConfig, console: impl Write + Send) -> Result<GuestEnd, VmmError> {
     let mut machine = Machine::create(cfg)?;
+    eprintln!(
+        "cloister-vmm: {} VM, {} vCPU(s), {} MiB of {} memory",
+        if cfg.protected { "protected" } else { "normal" },
+        cfg.vcpus,
+        cfg.mem_mib,
+        machine.memory_model().name()
+    );
     let test = TestDevice::new(Box::new(|e, v| {
         eprintln!(
             "cloister-vmm: guest event {} {v:#x}",
