@@ -196,6 +196,35 @@ fn uaccess_write(va: u64, len: usize) -> String {
     }
 }
 
+/// read(2) from a pipe into `va`: the kernel's uaccess writes the page.
+/// Returns the errno name.
+fn uaccess_read_into(va: u64, len: usize) -> String {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return "pipe failed".into();
+    }
+    let data = [0x5au8; 64];
+    let n = len.min(data.len());
+    // SAFETY: writes our own buffer into the pipe, then the kernel copies
+    // it to `va`, checking the destination; a fault is an errno.
+    let r = unsafe {
+        libc::write(fds[1], data.as_ptr().cast(), n);
+        libc::read(fds[0], va as *mut libc::c_void, n)
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: closing the pipe we made.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    if r < 0 {
+        errno_name(errno)
+    } else {
+        "ok".into()
+    }
+}
+
 /// process_vm_readv(2) of 64 bytes at `va` from this very process: the
 /// seed's strace case (the kernel reads the page on the reader's behalf).
 fn process_vm_read(va: u64) -> String {
@@ -308,6 +337,10 @@ pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
             out.push(fact(
                 &format!("{prefix}_private_uaccess"),
                 uaccess_write(va, 64),
+            ));
+            out.push(fact(
+                &format!("{prefix}_private_uaccess_in"),
+                uaccess_read_into(va, 64),
             ));
             out.push(fact(
                 &format!("{prefix}_private_process_vm_readv"),
