@@ -176,8 +176,11 @@ fn load_guest(guest: &VcpuContext) {
     write_sysreg!("sp_el1", guest.sp_el1);
     write_sysreg!("elr_el1", guest.elr_el1);
     write_sysreg!("spsr_el1", guest.spsr_el1);
-    write_sysreg!("cntv_cval_el0", guest.timer.cntv_cval_el0);
-    write_sysreg!("cntv_ctl_el0", guest.timer.cntv_ctl_el0);
+    // The host's virtual timer stays armed while the guest runs: it is the
+    // host's scheduler tick, and its interrupt (a physical IRQ, so taken to
+    // EL2 while a guest runs) ends the run with INTERRUPTED. Guests get no
+    // timer of their own until they get an interrupt controller; what they
+    // write to CNTV_* is saved on exit and dropped on the next entry.
     // SAFETY: reads the vCPU's saved FP state into the register file.
     unsafe { fp_restore(&guest.fp) };
 }
