@@ -67,6 +67,15 @@ pub fn driver_page_pfn(list: &str, gfn: u64) -> Option<u64> {
     })
 }
 
+/// The memory model `cloister-vmm` reports on stderr (`... 64 MiB of
+/// guest-memfd memory`).
+pub fn vmm_memory_model(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .find_map(|l| l.split(" MiB of ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
 /// The top-level `System RAM` ranges of `/proc/iomem`, inclusive.
 pub fn system_ram_ranges(iomem: &str) -> Vec<(u64, u64)> {
     iomem

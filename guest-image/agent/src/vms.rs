@@ -132,6 +132,12 @@ pub fn conformance(protected: bool, memory: Option<&str>) -> Vec<Report> {
     }
     vec![
         fact(
+            "conformance_memory",
+            cloister_agent::parse::vmm_memory_model(&stderr)
+                .unwrap_or("unknown")
+                .to_owned(),
+        ),
+        fact(
             "conformance_kind",
             tap.kind.unwrap_or_else(|| "none".into()),
         ),
