@@ -73,6 +73,17 @@ pub enum Expected {
     Refused(&'static str, Refusal),
 }
 
+/// What `pvm-teardown` and `gmem-teardown` must see, on either memory
+/// model: the VMM's clean exit, three kills mid-run, every page back with
+/// the host, no VM left, and no copy of a secret anywhere in host RAM.
+const TEARDOWN_FACTS: &[Expected] = &[
+    Expected::Is("teardown_vmm_exit", "0"),
+    Expected::Is("teardown_kills", "3"),
+    Expected::Is("teardown_pages_not_host_delta", "0"),
+    Expected::Is("teardown_live_vms_delta", "0"),
+    Expected::Is("teardown_secret_copies", "0"),
+];
+
 /// The errors of the `hyp-refusals` scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -470,13 +481,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "pvm-teardown",
             "after VMM exit and three SIGKILLs mid-run every page is back with the host \
              and a scan of host RAM finds no secret",
-            &[
-                Expected::Is("teardown_vmm_exit", "0"),
-                Expected::Is("teardown_kills", "3"),
-                Expected::Is("teardown_pages_not_host_delta", "0"),
-                Expected::Is("teardown_live_vms_delta", "0"),
-                Expected::Is("teardown_secret_copies", "0"),
-            ],
+            TEARDOWN_FACTS,
             true,
         ),
         agent(
@@ -501,13 +506,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "gmem-teardown",
             "guest_memfd memory after VMM exit and three SIGKILLs: every page back with the \
              host, the secret nowhere in host RAM",
-            &[
-                Expected::Is("teardown_vmm_exit", "0"),
-                Expected::Is("teardown_kills", "3"),
-                Expected::Is("teardown_pages_not_host_delta", "0"),
-                Expected::Is("teardown_live_vms_delta", "0"),
-                Expected::Is("teardown_secret_copies", "0"),
-            ],
+            TEARDOWN_FACTS,
             true,
         ),
         agent(
