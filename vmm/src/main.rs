@@ -31,8 +31,9 @@ struct Cli {
     protected: bool,
     /// Where guest RAM comes from: `anon` (pKVM's pinned anonymous
     /// memory) or `guest-memfd` (an fd the host cannot read while private).
-    /// Default: guest-memfd for protected VMs if the device offers it, else
-    /// anon.
+    /// Default: the image's /lib/cloister/vmm.conf (the stack's [vm]
+    /// table; guest-memfd without one) for protected VMs if the device
+    /// offers guest_memfd, else anon.
     #[arg(long, value_enum)]
     memory: Option<Memory>,
     /// The KVM-compatible device to use.
@@ -51,8 +52,21 @@ enum Memory {
 
 #[cfg(target_arch = "aarch64")]
 fn main() -> ExitCode {
+    use cloister_vmm::memory::{from_conf, CONF_PATH};
     use cloister_vmm::vstate::MemoryModel;
     let cli = Cli::parse();
+    // The image's defaults (the stack's [vm] table); none outside a
+    // Cloister host image.
+    let configured_memory = match std::fs::read_to_string(CONF_PATH) {
+        Ok(text) => match from_conf(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("cloister-vmm: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => None,
+    };
     let cfg = cloister_vmm::vstate::VmConfig {
         device: cli.device,
         kernel: cli.kernel,
@@ -65,6 +79,7 @@ fn main() -> ExitCode {
             Memory::Anon => MemoryModel::Anon,
             Memory::GuestMemfd => MemoryModel::GuestMemfd,
         }),
+        configured_memory,
     };
     match cloister_vmm::vstate::run(&cfg, std::io::stdout()) {
         Ok(cloister_vmm::vstate::GuestEnd::PowerOff) => ExitCode::SUCCESS,

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use cloister_hyp_core::addr::{Pfn, PfnRange};
 use cloister_hyp_core::fdt::{self, FdtError, Platform, PsciConduit};
+use cloister_hyp_core::host_map::HostMap;
 
 use crate::cache::{short, KeyBuilder, Stamp};
 use crate::kernel::{LinuxTree, ARCH, CROSS_COMPILE};
@@ -78,7 +80,7 @@ pub fn dtb_stage(
             .with_context(|| format!("copying {} to {}", built.display(), dst.display()))?;
         stamp.record(&key)?;
     }
-    stage.status("the hyp's DTB reader on it");
+    stage.status("the hyp's boot checks on it");
     let dtc = kernel_dir.join("scripts/dtc/dtc");
     let hyp_check = hyp_check(&dtc, &dst)?;
     stage.log(&format!("hyp check: {hyp_check:?}"));
@@ -107,14 +109,17 @@ pub fn dtb_stage(
     ))
 }
 
-/// Runs the hyp's DTB reader on `dtb`. A DTB without RAM (board DTBs leave
-/// `/memory` to U-Boot, which adds it at `booti`) is read again with a
-/// stand-in `/memory` node, made with the kernel's own `dtc`, so the checks
-/// after RAM (console, PSCI, CPUs) still run.
+/// Runs what the hyp runs first on `dtb`: its DTB reader
+/// (`fdt::host_platform`: RAM, console, PSCI, CPUs) and the host stage-2
+/// plan (`HostMap::from_dtb`: other RAM, reserved memory, device ranges),
+/// as if the hyp were loaded into the first RAM region. A DTB without RAM
+/// (board DTBs leave `/memory` to U-Boot, which adds it at `booti`) is read
+/// again with a stand-in `/memory` node, made with the kernel's own `dtc`,
+/// so the checks after RAM still run.
 pub fn hyp_check(dtc: &Path, dtb: &Path) -> Result<std::result::Result<String, String>> {
     let bytes = std::fs::read(dtb).with_context(|| format!("reading {}", dtb.display()))?;
     match fdt::host_platform(&bytes) {
-        Ok(p) => Ok(Ok(describe(&p, false))),
+        Ok(p) => Ok(describe(&bytes, &p, false)),
         Err(FdtError::MissingNode { path: "/memory" }) => {
             let dts = run_dtc(dtc, &["-I", "dtb", "-O", "dts"], &bytes)
                 .with_context(|| format!("decompiling {}", dtb.display()))?;
@@ -122,7 +127,7 @@ pub fn hyp_check(dtc: &Path, dtb: &Path) -> Result<std::result::Result<String, S
             let patched = run_dtc(dtc, &["-I", "dts", "-O", "dtb"], dts.as_bytes())
                 .with_context(|| format!("{} with a stand-in /memory node", dtb.display()))?;
             Ok(match fdt::host_platform(&patched) {
-                Ok(p) => Ok(describe(&p, true)),
+                Ok(p) => describe(&patched, &p, true),
                 Err(e) => Err(format!("{e} (read with a stand-in /memory node)")),
             })
         }
@@ -216,10 +221,26 @@ pub fn with_stand_in_memory(dts: &str) -> Result<String> {
     ))
 }
 
-/// One line on what the hyp read from the DTB.
-fn describe(p: &Platform, stand_in: bool) -> String {
-    format!(
-        "console at {:#x}, {} CPU(s), PSCI via {}, {} RAM region(s){}",
+/// One line on what the hyp reads from the DTB and maps for the host, or
+/// why it refuses (the host stage-2 plan failing, in its words).
+fn describe(dtb: &[u8], p: &Platform, stand_in: bool) -> std::result::Result<String, String> {
+    let stand_in = if stand_in {
+        " (with a stand-in /memory node)"
+    } else {
+        ""
+    };
+    let first = p.ram.as_slice().first().copied();
+    let managed = first
+        .and_then(|r| PfnRange::new(Pfn::new(r.base.raw() >> 12), r.size >> 12))
+        .ok_or_else(|| format!("the first RAM region is smaller than a page{stand_in}"))?;
+    let map =
+        HostMap::from_dtb(dtb, p.ram.as_slice(), managed).map_err(|e| format!("{e}{stand_in}"))?;
+    let mib = |pages: u64| (pages * 4096).div_ceil(1 << 20);
+    let mut line = format!(
+        "console {} at {:#x}, {} CPU(s), PSCI via {}, {} RAM region(s){stand_in}; host stage-2: \
+         {} device range(s) ({} MiB), {} RAM range(s) outside the page database ({} MiB), \
+         {} table pages",
+        p.uart.kind,
         p.uart.base.raw(),
         p.cpus.len(),
         match p.psci {
@@ -227,12 +248,20 @@ fn describe(p: &Platform, stand_in: bool) -> String {
             PsciConduit::Hvc => "HVC",
         },
         p.ram.len(),
-        if stand_in {
-            " (with a stand-in /memory node)"
-        } else {
-            ""
-        }
-    )
+        map.devices().len(),
+        mib(map.devices().pages()),
+        map.other_ram().len(),
+        mib(map.other_ram().pages()),
+        map.table_pages(),
+    );
+    if map.dropped_pages() > 0 {
+        let _ = write!(
+            line,
+            " ({} MiB of device ranges past the IPA space left unmapped)",
+            mib(map.dropped_pages())
+        );
+    }
+    Ok(line)
 }
 
 #[cfg(test)]
@@ -258,6 +287,61 @@ mod tests {
         );
         let out = with_stand_in_memory(&one).unwrap();
         assert!(out.contains("reg = <0x200000 0x80000000>;"), "{out}");
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        crate::project_root().join("hyp/core/tests/data").join(name)
+    }
+
+    #[test]
+    fn hyp_check_reports_console_devices_and_ram_of_the_rock5b() {
+        // The board DTB with U-Boot's /memory for 8 GiB: no dtc needed.
+        let dtb = fixture("rk3588-rock-5b-8g.dtb");
+        let line = hyp_check(Path::new("/nonexistent/dtc"), &dtb).unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Ok(
+                "console 16550 (reg-shift 2, 32-bit access) at 0xfeb50000, 8 CPU(s), PSCI via \
+                SMC, 2 RAM region(s); host stage-2: 68 device range(s) (3148 MiB), 2 RAM \
+                range(s) outside the page database (4097 MiB), 5570 table pages"
+            )
+        );
+        let qemu = hyp_check(
+            Path::new("/nonexistent/dtc"),
+            &fixture("qemu-virt-smp2-1g.dtb"),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            qemu.starts_with("console PL011 at 0x9000000, 2 CPU(s), PSCI via SMC, 1 RAM region(s); host stage-2: 8 device range(s)"),
+            "{qemu}"
+        );
+        assert!(
+            qemu.ends_with("(524288 MiB of device ranges past the IPA space left unmapped)"),
+            "{qemu}"
+        );
+    }
+
+    #[test]
+    fn hyp_check_refusals_are_the_hyps_words() {
+        let dir = std::env::temp_dir().join(format!("cloister-board-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dtb = std::fs::read(fixture("board-rmem.dtb")).unwrap();
+        let at = dtb.windows(9).position(|w| w == b"arm,pl011").unwrap();
+        let mut bad = dtb.clone();
+        bad[at..at + 9].copy_from_slice(b"arm,pl012");
+        let path = dir.join("bad.dtb");
+        std::fs::write(&path, &bad).unwrap();
+        let verdict = hyp_check(Path::new("/nonexistent/dtc"), &path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            verdict,
+            Err(
+                "DTB console /soc@1c000000/serial@1000 is not compatible with arm,pl011, \
+                 snps,dw-apb-uart, ns16550a or ns16550"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

@@ -127,16 +127,24 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         })?),
         None => None,
     };
-    if let Some(board::BoardDtb {
-        path,
-        hyp_check: Err(why),
-    }) = &board_dtb
-    {
-        println!(
-            "warning: the Cloister hyp cannot boot this board yet: its DTB reader refuses {}: \
+    match &board_dtb {
+        Some(board::BoardDtb {
+            path,
+            hyp_check: Err(why),
+        }) => println!(
+            "warning: the Cloister hyp cannot boot this board: its boot checks refuse {}: \
              {why} (see docs/boards.md)",
             path.display()
-        );
+        ),
+        Some(board::BoardDtb {
+            path,
+            hyp_check: Ok(what),
+        }) => println!(
+            "note: the Cloister hyp's boot checks accept {}: {what}; untested on the board \
+             itself (see docs/boards.md)",
+            path.display()
+        ),
+        None => {}
     }
 
     let (busybox, busybox_deb) =
@@ -170,8 +178,10 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
 
     let overlay = root.join("stacks/rootfs/host");
     let initrd = out.join("host-initramfs.cpio");
+    let vmm_conf = stack.file.vm.vmm_conf();
     run_stage(&logs, "initramfs", |stage| {
         let mut key = KeyBuilder::new("host-initramfs");
+        key.add_str("vmm-conf", &vmm_conf);
         key.add_file("busybox", &busybox)?
             .add_file("agent", &agent)?
             .add_file("vmm", &vmm)?
@@ -190,6 +200,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             std::fs::read(&agent)?,
             std::fs::read(&vmm)?,
             std::fs::read(&conformance)?,
+            &vmm_conf,
             &overlay,
         )?;
         let mut bytes = Vec::new();

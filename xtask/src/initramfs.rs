@@ -148,6 +148,9 @@ fn walk(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<()> {
 /// for `cloister-vmm`).
 pub const CONFORMANCE_GUEST_PATH: &str = "/lib/cloister/conformance.bin";
 
+/// Where the VMM's defaults from the stack's `[vm]` table go.
+pub const VMM_CONF_PATH: &str = "/lib/cloister/vmm.conf";
+
 /// The host initramfs: busybox for the demo shell (busybox init as /init,
 /// configured by the overlay's /etc/inittab), the VMM, the test agent,
 /// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`,
@@ -157,6 +160,7 @@ pub fn host_entries(
     agent: Vec<u8>,
     vmm: Vec<u8>,
     conformance: Vec<u8>,
+    vmm_conf: &str,
     overlay: &Path,
 ) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = [
@@ -209,6 +213,11 @@ pub fn host_entries(
         Entry::Symlink {
             path: "/bin/cloister-agent".into(),
             target: "../sbin/cloister-agent".into(),
+        },
+        Entry::File {
+            path: VMM_CONF_PATH.into(),
+            mode: 0o644,
+            data: vmm_conf.as_bytes().to_vec(),
         },
         Entry::File {
             path: "/bin/cloister-vmm".into(),
@@ -332,6 +341,7 @@ mod tests {
             b"agent".to_vec(),
             b"vmm".to_vec(),
             b"guest".to_vec(),
+            "memory=anon\n",
             &overlay,
         )
         .unwrap();
@@ -344,6 +354,7 @@ mod tests {
             "sbin/cloister-agent",
             "bin/cloister-vmm",
             "lib/cloister/conformance.bin",
+            "lib/cloister/vmm.conf",
             "dev/console",
             "etc/inittab",
             "etc/init.d/rcS",

@@ -28,7 +28,44 @@ pub struct StackFile {
     /// A real board the disk image is for (absent on QEMU-only stacks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub board: Option<BoardSection>,
+    /// Defaults of the VMs the host image runs.
+    #[serde(default)]
+    pub vm: VmSection,
     pub expect: ExpectSection,
+}
+
+/// Defaults for the VMs `cloister-vmm` runs in this image (written into
+/// the host initramfs as `/lib/cloister/vmm.conf`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VmSection {
+    /// Where a protected VM's RAM comes from when `--memory` is not given.
+    #[serde(default)]
+    pub memory: VmMemory,
+}
+
+/// The protected-memory models (`cloister-vmm --memory`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmMemory {
+    /// A guest_memfd the host cannot map while a page is private.
+    #[default]
+    GuestMemfd,
+    /// pKVM's model: the VMM's anonymous memory, pinned and donated.
+    Anon,
+}
+
+impl VmSection {
+    /// The `vmm.conf` the host image carries.
+    pub fn vmm_conf(&self) -> String {
+        let memory = match self.memory {
+            VmMemory::GuestMemfd => "guest-memfd",
+            VmMemory::Anon => "anon",
+        };
+        format!(
+            "# Written by cargo xtask build-image from the stack's [vm] table.\nmemory={memory}\n"
+        )
+    }
 }
 
 /// How the host kernel is made.
@@ -524,6 +561,24 @@ entry-el = 2
         let dir = tree("description = \"x\"\n[kernel\nfragments = []\n");
         let err = load(dir.path(), "s").unwrap_err().to_string();
         assert!(err.contains("stacks/s.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn vm_memory_defaults_to_guest_memfd_and_names_bad_values() {
+        let dir = tree(GOOD);
+        let stack = load(dir.path(), "s").unwrap();
+        assert_eq!(stack.file.vm.memory, VmMemory::GuestMemfd);
+        assert!(stack.file.vm.vmm_conf().contains("\nmemory=guest-memfd\n"));
+        let anon = GOOD.replace("[expect]", "[vm]\nmemory = \"anon\"\n[expect]");
+        let dir = tree(&anon);
+        let stack = load(dir.path(), "s").unwrap();
+        assert_eq!(stack.file.vm.memory, VmMemory::Anon);
+        assert!(stack.file.vm.vmm_conf().ends_with("memory=anon\n"));
+        let bad = GOOD.replace("[expect]", "[vm]\nmemory = \"ram\"\n[expect]");
+        let dir = tree(&bad);
+        let err = load(dir.path(), "s").unwrap_err().to_string();
+        assert!(err.contains("vm.memory"), "{err}");
+        assert!(err.contains("guest-memfd") && err.contains("anon"), "{err}");
     }
 
     #[test]

@@ -272,6 +272,7 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
         vcpus: 1,
         protected: true,
         memory: None,
+        configured_memory: None,
     }
 }
 

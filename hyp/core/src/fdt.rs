@@ -1,11 +1,14 @@
 //! Reading and editing the flattened device tree (DTB) the hypervisor gets in
 //! `x0`.
 //!
-//! Two jobs, no heap:
+//! Three jobs, no heap:
 //!
-//! - [`host_platform`] reads what the hyp needs to start: RAM, the PL011
-//!   console, the PSCI conduit, the CPUs (MPIDRs) and any initrd the
-//!   bootloader already placed.
+//! - [`host_platform`] reads what the hyp needs to start: RAM, the console
+//!   UART (PL011 or 16550), the PSCI conduit, the CPUs (MPIDRs) and any
+//!   initrd the bootloader already placed.
+//! - [`for_each_device_range`] and [`for_each_reserved_range`] list the
+//!   MMIO and the reserved memory the DTB describes, for the host stage-2
+//!   (see [`crate::host_map`]).
 //! - [`rewrite`] copies the tree into a new buffer while (a) adding `no-map`
 //!   children `cloister-hyp@<addr>` under `/reserved-memory` (creating that
 //!   node if needed) and (b) setting `linux,initrd-start`, `linux,initrd-end`
@@ -25,6 +28,7 @@
 use core::fmt;
 
 use crate::addr::PhysAddr;
+use crate::uart::{ConsoleProblem, Uart, UartKind};
 
 /// `magic` of every DTB.
 pub const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -245,10 +249,12 @@ pub enum FdtError {
         /// The path or alias, options stripped.
         path: Snippet,
     },
-    /// The console node is not compatible with `arm,pl011`.
-    NotPl011 {
+    /// The console node is not a UART the hyp can drive.
+    Console {
         /// The console node's path.
         path: Snippet,
+        /// What is wrong with it.
+        problem: ConsoleProblem,
     },
     /// The console's `reg` cannot be translated to a CPU physical address
     /// (a parent bus has no `ranges`, or no range covers it).
@@ -377,9 +383,7 @@ impl fmt::Display for FdtError {
             Self::StdoutUnresolved { path } => {
                 write!(f, "DTB /chosen stdout-path \"{path}\" names no node")
             }
-            Self::NotPl011 { path } => {
-                write!(f, "DTB console {path} is not compatible with arm,pl011")
-            }
+            Self::Console { path, problem } => write!(f, "DTB console {path} {problem}"),
             Self::Untranslatable { addr } => {
                 write!(
                     f,
@@ -514,8 +518,9 @@ pub struct InitrdRange {
 pub struct Platform {
     /// RAM, from every `/memory*` node's `reg`, in DTB order.
     pub ram: ArrayList<MemRegion, MAX_RAM_REGIONS>,
-    /// The PL011 that `/chosen/stdout-path` names (CPU physical address).
-    pub uart: MemRegion,
+    /// The UART that `/chosen/stdout-path` names (CPU physical address)
+    /// and the driver it needs.
+    pub uart: Uart,
     /// `/psci` `method`.
     pub psci: PsciConduit,
     /// Each CPU's `reg` (its MPIDR affinity bits), in DTB order.
@@ -934,9 +939,15 @@ impl<'a> Fdt<'a> {
             prop: "reg",
             len: reg.len(),
         };
-        let mut addr = read_cells(reg, 0, ac).ok_or(bad)?;
+        let addr = read_cells(reg, 0, ac).ok_or(bad)?;
         let size = read_cells(reg, to_usize(ac), sc).ok_or(bad)?;
+        Ok((self.translate(ancestors, addr)?, size))
+    }
 
+    /// Translates `addr`, an address in the children's space of the last
+    /// of `ancestors` (root first), to a CPU physical address through every
+    /// bus's `ranges`.
+    fn translate(&self, ancestors: &[usize], mut addr: u64) -> Result<u64, FdtError> {
         // Walk up: ancestors[i] is a bus whose `ranges` maps its children's
         // addresses into ancestors[i - 1]'s address space.
         let mut level = ancestors.len();
@@ -978,7 +989,7 @@ impl<'a> Fdt<'a> {
             }
             addr = mapped.ok_or(FdtError::Untranslatable { addr })?;
         }
-        Ok((addr, size))
+        Ok(addr)
     }
 }
 
@@ -1055,8 +1066,11 @@ impl<'a> NodeWalk<'a> {
 ///   entries are skipped; at most [`MAX_RAM_REGIONS`].
 /// - Console: `/chosen/stdout-path` (or `linux,stdout-path`), `:options`
 ///   stripped, resolved through `/aliases` when it does not start with `/`;
-///   the node must be compatible with `arm,pl011`; its first `reg` entry is
-///   translated through the parent buses' `ranges`.
+///   the node must be a UART [`UartKind::from_dt`] knows (PL011, or
+///   8250/16550 with its `reg-shift`, `reg-io-width` and `reg-offset`); its
+///   first `reg` entry is translated through the parent buses' `ranges`
+///   and must hold every register the driver uses, each aligned to its
+///   access width ([`UartKind::check`]).
 /// - PSCI: `/psci` `method`.
 /// - CPUs: children of `/cpus` with `device_type = "cpu"` (or named `cpu` /
 ///   `cpu@…`) that are not disabled; `reg` in `/cpus`' `#address-cells`; at
@@ -1150,18 +1164,23 @@ pub fn host_platform(dtb: &[u8]) -> Result<Platform, FdtError> {
     };
     let uart_chain = fdt.lookup(path)?.ok_or(unresolved)?;
     let uart_node = uart_chain.node();
-    let is_pl011 = fdt
-        .prop(uart_node, b"compatible")?
-        .is_some_and(|c| c.split(|&b| b == 0).any(|s| s == b"arm,pl011"));
-    if !is_pl011 {
-        return Err(FdtError::NotPl011 {
-            path: Snippet::new(path),
-        });
-    }
+    let console_error = |problem| FdtError::Console {
+        path: Snippet::new(path),
+        problem,
+    };
+    let kind = UartKind::from_dt(
+        fdt.prop(uart_node, b"compatible")?.unwrap_or_default(),
+        fdt.prop_u32(uart_node, "reg-shift", "console")?,
+        fdt.prop_u32(uart_node, "reg-io-width", "console")?,
+        fdt.prop_u32(uart_node, "reg-offset", "console")?,
+    )
+    .map_err(console_error)?;
     let (uart_base, uart_size) = fdt.translated_reg(&uart_chain, "console")?;
-    let uart = MemRegion {
+    kind.check(uart_base, uart_size).map_err(console_error)?;
+    let uart = Uart {
         base: PhysAddr::new(uart_base),
         size: uart_size,
+        kind,
     };
 
     // PSCI.
@@ -1254,6 +1273,214 @@ pub fn host_platform(dtb: &[u8]) -> Result<Platform, FdtError> {
         cpus,
         initrd,
     })
+}
+
+// ---------------------------------------------------------------------------
+// for_each_device_range
+
+/// Calls `f` with every MMIO range the DTB describes, as CPU physical
+/// addresses, in DTB order (not page-aligned, not merged, possibly
+/// overlapping one another or RAM): what the host's drivers may touch, so
+/// what the host stage-2 maps as device memory.
+///
+/// - Every `reg` entry of every available node (`status` absent, `"okay"`
+///   or `"ok"`, and the same for all its ancestors), translated through its
+///   ancestors' `ranges`. An entry that has no CPU physical address is not
+///   memory-mapped and is skipped: a node under a bus without `ranges`
+///   (`/cpus`, I2C and SPI devices, ...), a parent with `#size-cells = <0>`
+///   or more than 2 address or size cells, an address no `ranges` entry
+///   covers, an empty or wrapping entry.
+/// - The windows of every available PCI host bridge (`device_type =
+///   "pci"`): the parent side of each of its `ranges` entries. The devices
+///   behind them are found by enumeration, not in the DTB.
+/// - Not: RAM (the top-level nodes [`host_platform`] reads as RAM, enabled
+///   or not), `/reserved-memory`, or anything under them; nor nodes nested
+///   deeper than [`MAX_DEPTH`].
+///
+/// # Errors
+/// Only a DTB the reader rejects as a whole (header or structure block): a
+/// node this function cannot use is skipped, never a reason to fail.
+pub fn for_each_device_range(dtb: &[u8], mut f: impl FnMut(MemRegion)) -> Result<(), FdtError> {
+    let fdt = Fdt::new(dtb)?;
+    // stack[d]: first inner token of the open node at depth d (root: 0).
+    let mut stack = [0usize; MAX_DEPTH];
+    let mut open = 0usize;
+    // Depth (open count) at which a skipped subtree starts.
+    let mut skipping: Option<usize> = None;
+    let mut pos = 0;
+    loop {
+        let (token, next) = fdt.token(pos)?;
+        match token {
+            Token::BeginNode { name } => {
+                let depth = open;
+                open += 1;
+                if skipping.is_some() {
+                    // Inside a skipped subtree.
+                } else if let Some(slot) = stack.get_mut(depth) {
+                    *slot = next;
+                    if depth > 0 {
+                        let ancestors = stack.get(..depth).unwrap_or_default();
+                        if fdt.wanted_for_devices(next, name, depth)? {
+                            fdt.device_ranges(next, ancestors, &mut f)?;
+                        } else {
+                            skipping = Some(open);
+                        }
+                    }
+                } else {
+                    skipping = Some(open);
+                }
+            }
+            Token::EndNode => {
+                if skipping == Some(open) {
+                    skipping = None;
+                }
+                open = open.saturating_sub(1);
+            }
+            Token::Prop { .. } | Token::Nop => {}
+            Token::End => return Ok(()),
+        }
+        pos = next;
+    }
+}
+
+/// Calls `f` with the `reg` entries of every available child of
+/// `/reserved-memory` (CPU physical addresses, in DTB order), translated
+/// through `/reserved-memory`'s `ranges`. Children without `reg` (sized
+/// only, placed by the kernel inside RAM) and entries that cannot be
+/// translated are skipped.
+///
+/// # Errors
+/// Only a DTB the reader rejects as a whole.
+pub fn for_each_reserved_range(dtb: &[u8], mut f: impl FnMut(MemRegion)) -> Result<(), FdtError> {
+    let fdt = Fdt::new(dtb)?;
+    let Some(rmem) = fdt.child(fdt.root, b"reserved-memory")? else {
+        return Ok(());
+    };
+    if !fdt.available(rmem)? {
+        return Ok(());
+    }
+    let ancestors = [fdt.root, rmem];
+    let mut walk = fdt.walk(rmem);
+    while let Some(item) = walk.next_item()? {
+        if let Item::Child { inner, .. } = item {
+            if fdt.available(inner)? {
+                fdt.report_reg(inner, &ancestors, &mut f)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Fdt<'_> {
+    /// Whether [`for_each_device_range`] looks at the node (and its
+    /// subtree) whose first inner token is `node`, named `name`, at `depth`
+    /// (root's children: 1).
+    fn wanted_for_devices(&self, node: usize, name: &[u8], depth: usize) -> Result<bool, FdtError> {
+        if depth == 1 {
+            let is_memory = match self.prop(node, b"device_type")? {
+                Some(t) => until_nul(t) == b"memory",
+                None => name == b"memory" || name.starts_with(b"memory@"),
+            };
+            if is_memory || name == b"reserved-memory" {
+                return Ok(false);
+            }
+        }
+        self.available(node)
+    }
+
+    /// Reports the `reg` entries of `node` and, for a PCI host bridge, its
+    /// windows; `ancestors` runs from the root to `node`'s parent.
+    fn device_ranges(
+        &self,
+        node: usize,
+        ancestors: &[usize],
+        f: &mut impl FnMut(MemRegion),
+    ) -> Result<(), FdtError> {
+        self.report_reg(node, ancestors, f)?;
+        let is_pci = self
+            .prop(node, b"device_type")?
+            .is_some_and(|t| until_nul(t) == b"pci");
+        if !is_pci {
+            return Ok(());
+        }
+        let (Some(&parent), Some(ranges)) = (ancestors.last(), self.prop(node, b"ranges")?) else {
+            return Ok(());
+        };
+        // ranges = <child address (3 cells for PCI), parent address, size>.
+        let (Ok((ac, _)), Ok((child_ac, child_sc))) = (
+            self.raw_cells(parent, "device parent"),
+            self.raw_cells(node, "PCI host bridge"),
+        ) else {
+            return Ok(());
+        };
+        if !(1..=3).contains(&child_ac) || !usable_cells(ac, child_sc) {
+            return Ok(());
+        }
+        let per = to_usize(child_ac + ac + child_sc);
+        for i in 0..ranges.len() / (per * 4) {
+            let cell = i * per + to_usize(child_ac);
+            if let (Some(addr), Some(size)) = (
+                read_cells(ranges, cell, ac),
+                read_cells(ranges, cell + to_usize(ac), child_sc),
+            ) {
+                self.report(ancestors, addr, size, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports every `reg` entry of `node`, in the address space of the
+    /// last of `ancestors` (root first), that has a CPU physical address.
+    fn report_reg(
+        &self,
+        node: usize,
+        ancestors: &[usize],
+        f: &mut impl FnMut(MemRegion),
+    ) -> Result<(), FdtError> {
+        let (Some(&parent), Some(reg)) = (ancestors.last(), self.prop(node, b"reg")?) else {
+            return Ok(());
+        };
+        // Malformed cells make the node's addresses unreadable: skip it.
+        let Ok((ac, sc)) = self.raw_cells(parent, "device parent") else {
+            return Ok(());
+        };
+        if !usable_cells(ac, sc) {
+            return Ok(());
+        }
+        let per = to_usize(ac + sc);
+        for i in 0..reg.len() / (per * 4) {
+            let cell = i * per;
+            if let (Some(addr), Some(size)) = (
+                read_cells(reg, cell, ac),
+                read_cells(reg, cell + to_usize(ac), sc),
+            ) {
+                self.report(ancestors, addr, size, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Translates `[addr, addr + size)` and hands it to `f`, unless it is
+    /// empty, wraps, or has no CPU physical address.
+    fn report(&self, ancestors: &[usize], addr: u64, size: u64, f: &mut impl FnMut(MemRegion)) {
+        if size == 0 || addr.checked_add(size).is_none() {
+            return;
+        }
+        if let Ok(base) = self.translate(ancestors, addr) {
+            if base.checked_add(size).is_some() {
+                f(MemRegion {
+                    base: PhysAddr::new(base),
+                    size,
+                });
+            }
+        }
+    }
+}
+
+/// Whether `reg` values in these cells are CPU-addressable ranges this
+/// reader can hold: 1 or 2 address cells and 1 or 2 size cells.
+fn usable_cells(address_cells: u32, size_cells: u32) -> bool {
+    (1..=2).contains(&address_cells) && (1..=2).contains(&size_cells)
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,10 @@
 //! | [`hypercall`]   | decode `x0..x7` into a `HostCall`, dispatch it to `mem_protect` and `vm` |
 //! | [`vm`]          | the VM and vCPU table: handles, kinds, vCPU register layout, power states, teardown |
 //! | [`guest_abi`]   | the guest hypercall ABI (pKVM's, for an unmodified Linux 6.12 guest), the MMIO rule |
+//! | [`fdt`]         | the boot DTB: RAM, console, PSCI, CPUs, MMIO and reserved memory; the host's copy with the hyp's carve-outs |
+//! | [`host_map`]    | what the host stage-2 maps at boot besides the managed RAM bank: other banks (host-only), device memory; the table-page count |
+//! | [`uart`]        | the console UART: PL011 or 8250/16550 from the DTB, register layout, the polled transmit loop over a register-access trait |
+//! | [`payload`]     | the payload table appended to the hyp image (host kernel, initramfs) |
 //!
 //! # Invariants
 //!
@@ -60,10 +64,12 @@ pub mod exits;
 pub mod fdt;
 pub mod guest_abi;
 pub mod hal;
+pub mod host_map;
 pub mod hypercall;
 pub mod mem_protect;
 pub mod payload;
 pub mod stage2;
+pub mod uart;
 pub mod vm;
 
 #[cfg(test)]

@@ -651,6 +651,36 @@ impl<'m> MemProtect<'m> {
         pages: u64,
         hal: &mut H,
     ) -> Result<()> {
+        self.map_host_outside_db(base, pages, Attrs::DEVICE_RW, hal)
+    }
+
+    /// Identity-maps `pages` pages of RAM outside the database (a `/memory`
+    /// bank other than the managed one) as normal memory, RWX, for the
+    /// host. For boot: that RAM is the host's alone, for good. No
+    /// transition can involve it (each checks its frames against the
+    /// database's range first: `OutOfRange`), so it is never shared with
+    /// or given to the hyp or a guest.
+    ///
+    /// # Errors
+    /// `Unaligned`, `IpaOutOfRange`, `OverlapsRam` (the managed range),
+    /// `NoMemory`.
+    pub fn map_host_unmanaged_ram<H: Hal + ?Sized>(
+        &mut self,
+        base: PhysAddr,
+        pages: u64,
+        hal: &mut H,
+    ) -> Result<()> {
+        self.map_host_outside_db(base, pages, Attrs::RAM_RWX, hal)
+    }
+
+    /// Identity-maps frames outside the database for the host (boot only).
+    fn map_host_outside_db<H: Hal + ?Sized>(
+        &mut self,
+        base: PhysAddr,
+        pages: u64,
+        attrs: Attrs,
+        hal: &mut H,
+    ) -> Result<()> {
         if let Some(r) = PfnRange::new(base.pfn(), pages) {
             if r.overlaps(self.db.range) {
                 let pfn = r.start().max(self.db.range.start());
@@ -658,9 +688,9 @@ impl<'m> MemProtect<'m> {
             }
         }
         let ipa = base.to_identity_ipa();
-        let res =
-            self.host
-                .prepare_map(ipa, base, pages, Attrs::DEVICE_RW, PageState::Owned, hal)?;
+        let res = self
+            .host
+            .prepare_map(ipa, base, pages, attrs, PageState::Owned, hal)?;
         self.host.commit_map(res, hal);
         Ok(())
     }

@@ -2,16 +2,18 @@
 //! state (the page database and host stage-2 behind one lock).
 //!
 //! Primary CPU, MMU off, entered from entry.S:
-//! 1. read the platform from the DTB (RAM, console PL011, PSCI, CPUs);
+//! 1. read the platform from the DTB (RAM, console UART, PSCI, CPUs) and
+//!    what the host stage-2 maps besides the hyp's RAM bank (other banks,
+//!    reserved memory outside RAM, MMIO: `cloister_hyp_core::host_map`);
 //! 2. validate the payload table appended to the image (refuse to boot a
 //!    damaged image, with a console message, then power off);
-//! 3. carve out the hyp's memory: its image, and a pool at the top of RAM
-//!    for the page database and stage-2 tables;
+//! 3. carve out the hyp's memory: its image, and a pool at the top of its
+//!    RAM bank for the page database and stage-2 tables;
 //! 4. lay out the host: initramfs and DTB above the payload, the kernel
 //!    Image moved to the first 2 MiB boundary after the hyp;
 //! 5. EL2 stage-1 identity map with W^X, MMU on;
-//! 6. page database + host stage-2 (everything but the carve-outs), device
-//!    memory below RAM;
+//! 6. page database + host stage-2 (the hyp's bank but the carve-outs),
+//!    the other RAM (host-only) and the DTB's device memory;
 //! 7. write the host DTB with the carve-outs as `no-map` reserved memory
 //!    and the initramfs location, then ERET to the kernel at EL1.
 
@@ -19,6 +21,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use cloister_hyp_core::addr::{Ipa, Pfn, PfnRange, PhysAddr};
 use cloister_hyp_core::hal::{PageAllocator, PageWords, TlbMaintenance};
+use cloister_hyp_core::host_map::{HostMap, RunList};
 use cloister_hyp_core::mem_protect::{MemProtect, PageMeta};
 use cloister_hyp_core::stage2::{self, Vmid};
 use cloister_hyp_core::vm::VmTable;
@@ -41,6 +44,11 @@ struct Ram {
 
 fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
+}
+
+/// Size of a run list in MiB, rounded up.
+fn mib<const N: usize>(runs: &RunList<N>) -> u64 {
+    (runs.pages() * PAGE).div_ceil(MIB)
 }
 
 /// MPIDR of each CPU, in DTB order (index = CPU index in the hyp).
@@ -170,16 +178,18 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         Ok(p) => p,
         Err(_) => arch::halt(), // no console to say why
     };
-    crate::console::init(platform.uart.base.raw());
+    crate::console::init(&platform.uart);
     let image = arch::image_layout();
     hyp_println!(
-        "Cloister EL2 hypervisor {} (ABI {}.{}) at {:#x}, DTB at {:#x}, {} CPU(s)",
+        "Cloister EL2 hypervisor {} (ABI {}.{}) at {:#x}, DTB at {:#x}, {} CPU(s), console {} at {:#x}",
         env!("CARGO_PKG_VERSION"),
         abi::ABI_VERSION.major,
         abi::ABI_VERSION.minor,
         load_pa,
         dtb_pa,
-        platform.cpus.len()
+        platform.cpus.len(),
+        platform.uart.kind,
+        platform.uart.base.raw()
     );
     for (i, mpidr) in platform.cpus.as_slice().iter().enumerate().take(MAX_CPUS) {
         CPU_MPIDR[i].store(*mpidr & 0xff_00ff_ffff, Ordering::SeqCst);
@@ -200,6 +210,15 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         ));
     };
     let ram_end = ram.base + ram.size;
+    let Some(ram_range) = PfnRange::new(Pfn::new(ram.base / PAGE), ram.size / PAGE) else {
+        refuse(format_args!("the RAM bank at {:#x} is empty", ram.base));
+    };
+    let host_map = match HostMap::from_dtb(dtb, platform.ram.as_slice(), ram_range) {
+        Ok(m) => m,
+        Err(e) => refuse(format_args!(
+            "cannot map the host's memory and devices: {e}"
+        )),
+    };
 
     // 2. Payload table.
     let hyp_size = image.end - image.start;
@@ -221,11 +240,11 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
     let initramfs = table.initramfs().unwrap_or(&[]);
     let payload_end = table_pa + table.total_size();
 
-    // 3. Carve-outs: the hyp image, and a pool at the top of RAM.
+    // 3. Carve-outs: the hyp image, and a pool at the top of RAM (the host
+    // stage-2's tables, plus room for guests' tables).
     let ram_pages = ram.size / PAGE;
     let meta_bytes = ram_pages * core::mem::size_of::<PageMeta>() as u64;
-    let dev_pages = ram.base / PAGE;
-    let table_pages = ram_pages / 512 + dev_pages / 512 + 64;
+    let table_pages = host_map.table_pages() + 64;
     let pool_size = align_up(meta_bytes + table_pages * PAGE, SZ_2M);
     let pool_base = ram_end - pool_size;
 
@@ -261,9 +280,10 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         .and_then(|()| s1.map(ram.base, image.start, S1Attr::ReadWrite))
         .and_then(|()| s1.map(image.end, ram_end, S1Attr::ReadWrite))
         .and_then(|()| {
+            let uart = platform.uart.base.raw();
             s1.map(
-                platform.uart.base.raw() & !(PAGE - 1),
-                (platform.uart.base.raw() & !(PAGE - 1)) + PAGE,
+                uart & !(PAGE - 1),
+                align_up(uart + platform.uart.kind.span(), PAGE),
                 S1Attr::Device,
             )
         });
@@ -288,11 +308,9 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         }
         core::slice::from_raw_parts_mut(ptr, usize::try_from(ram_pages).unwrap_or(0))
     };
-    let ram_range = PfnRange::new(Pfn::new(ram.base / PAGE), ram_pages);
     let hyp_range = PfnRange::new(Pfn::new(image.start / PAGE), hyp_size / PAGE);
     let pool_range = PfnRange::new(Pfn::new(pool_base / PAGE), pool_size / PAGE);
-    let (Some(ram_range), Some(hyp_range), Some(pool_range)) = (ram_range, hyp_range, pool_range)
-    else {
+    let (Some(hyp_range), Some(pool_range)) = (hyp_range, pool_range) else {
         refuse(format_args!("memory ranges out of bounds"));
     };
     let mut hal = PoolHal {
@@ -310,8 +328,23 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         Ok(m) => m,
         Err(e) => refuse(format_args!("cannot build the host stage-2: {e}")),
     };
-    if let Err(e) = mem.map_host_mmio(PhysAddr::new(0), dev_pages, &mut hal) {
-        refuse(format_args!("cannot map host MMIO: {e}"));
+    for r in host_map.devices().iter() {
+        if let Some(Err(e)) = r
+            .start()
+            .phys()
+            .map(|pa| mem.map_host_mmio(pa, r.count(), &mut hal))
+        {
+            refuse(format_args!("cannot map host MMIO {r:?}: {e}"));
+        }
+    }
+    for r in host_map.other_ram().iter() {
+        if let Some(Err(e)) = r
+            .start()
+            .phys()
+            .map(|pa| mem.map_host_unmanaged_ram(pa, r.count(), &mut hal))
+        {
+            refuse(format_args!("cannot map host RAM {r:?}: {e}"));
+        }
     }
     let vttbr = mem.host_stage2().vttbr_el2();
     VTTBR_EL2.store(vttbr, Ordering::SeqCst);
@@ -321,6 +354,14 @@ extern "C" fn rust_primary_entry(dtb_pa: u64, load_pa: u64) -> ! {
         image.end,
         pool_base,
         ram_end
+    );
+    hyp_println!(
+        "host stage-2: {} device range(s), {} MiB; {} RAM range(s) outside the page database, {} MiB, host-only; {} table pages",
+        host_map.devices().len(),
+        mib(host_map.devices()),
+        host_map.other_ram().len(),
+        mib(host_map.other_ram()),
+        mem.host_stage2().table_pages()
     );
 
     // 7. Host DTB.

@@ -50,6 +50,9 @@ pub struct VmConfig {
     pub protected: bool,
     /// Where guest RAM comes from; `None`: [`MemoryModel::default_for`].
     pub memory: Option<MemoryModel>,
+    /// The image's configured default (`vmm.conf`), used when `memory` is
+    /// `None`.
+    pub configured_memory: Option<MemoryModel>,
 }
 
 pub use crate::memory::{MemoryModel, GUEST_MEMFD_FLAG_MMAP};
@@ -194,7 +197,7 @@ impl Machine {
         let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
         let model = cfg.memory.unwrap_or_else(|| {
             let cap = vm.check_extension_raw(c_ulong::from(kvm_bindings::KVM_CAP_GUEST_MEMFD));
-            MemoryModel::default_for(cfg.protected, cap > 0)
+            MemoryModel::default_for(cfg.protected, cap > 0, cfg.configured_memory)
         });
         let mem = match model {
             MemoryModel::Anon => GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), size)])

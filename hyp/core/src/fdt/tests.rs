@@ -9,6 +9,7 @@ const QEMU2: &[u8] = include_bytes!("../../tests/data/qemu-virt-smp2-1g.dtb");
 const QEMU4: &[u8] = include_bytes!("../../tests/data/qemu-virt-smp4-2g.dtb");
 const BOARD: &[u8] = include_bytes!("../../tests/data/board-rmem.dtb");
 const MINIMAL: &[u8] = include_bytes!("../../tests/data/no-chosen.dtb");
+const ROCK5B: &[u8] = include_bytes!("../../tests/data/rk3588-rock-5b-8g.dtb");
 
 const GIB: u64 = 1 << 30;
 
@@ -16,6 +17,14 @@ fn region(base: u64, size: u64) -> MemRegion {
     MemRegion {
         base: PhysAddr::new(base),
         size,
+    }
+}
+
+fn pl011(base: u64, size: u64) -> Uart {
+    Uart {
+        base: PhysAddr::new(base),
+        size,
+        kind: UartKind::Pl011,
     }
 }
 
@@ -145,7 +154,7 @@ fn dtc_decompile(dtb: &[u8]) -> Option<String> {
 fn qemu_virt_2cpu_1g() {
     let p = host_platform(QEMU2).unwrap();
     assert_eq!(p.ram.as_slice(), &[region(0x4000_0000, GIB)]);
-    assert_eq!(p.uart, region(0x0900_0000, 0x1000));
+    assert_eq!(p.uart, pl011(0x0900_0000, 0x1000));
     assert_eq!(p.psci, PsciConduit::Smc);
     assert_eq!(p.cpus.as_slice(), &[0, 1]);
     assert_eq!(p.initrd, None);
@@ -155,7 +164,7 @@ fn qemu_virt_2cpu_1g() {
 fn qemu_virt_4cpu_2g() {
     let p = host_platform(QEMU4).unwrap();
     assert_eq!(p.ram.as_slice(), &[region(0x4000_0000, 2 * GIB)]);
-    assert_eq!(p.uart, region(0x0900_0000, 0x1000));
+    assert_eq!(p.uart, pl011(0x0900_0000, 0x1000));
     assert_eq!(p.psci, PsciConduit::Smc);
     assert_eq!(p.cpus.as_slice(), &[0, 1, 2, 3]);
 }
@@ -172,7 +181,7 @@ fn board_tree() {
         ]
     );
     // Alias with options, translated through /soc's ranges.
-    assert_eq!(p.uart, region(0x1c00_1000, 0x1000));
+    assert_eq!(p.uart, pl011(0x1c00_1000, 0x1000));
     assert_eq!(p.psci, PsciConduit::Hvc);
     // Two-cell reg; the disabled CPU is skipped.
     assert_eq!(p.cpus.as_slice(), &[0, 0x100]);
@@ -220,18 +229,48 @@ fn platform_errors() {
         alloc::format!("{e}"),
         "DTB /chosen stdout-path \"xerial0\" names no node"
     );
-    // The alias now points at the 16550.
-    let e = host_platform(&patched(
+    // The alias now points at the 16550 (`ns16550a`, no reg-shift or
+    // reg-io-width: registers a byte apart, 8-bit accesses).
+    let p = host_platform(&patched(
         BOARD,
         b"1c000000/serial@1000",
         b"1c000000/serial@2000",
     ))
+    .unwrap();
+    assert_eq!(
+        p.uart,
+        Uart {
+            base: PhysAddr::new(0x1c00_2000),
+            size: 0x100,
+            kind: UartKind::Ns16550 {
+                reg_shift: 0,
+                width: crate::uart::IoWidth::U8,
+                reg_offset: 0,
+            },
+        }
+    );
+    // A console no driver takes.
+    // (Renaming serial@2000's compatible alone changes nothing: serial@1000
+    // is still the console.)
+    let p = host_platform(&patched(BOARD, b"ns16550a\0", b"ns16550x\0")).unwrap();
+    assert_eq!(p.uart.kind, UartKind::Pl011);
+    let e = host_platform(&patched(
+        &patched(BOARD, b"1c000000/serial@1000", b"1c000000/serial@2000"),
+        b"ns16550a\0",
+        b"ns16550x\0",
+    ))
     .unwrap_err();
     assert_eq!(
         e,
-        FdtError::NotPl011 {
-            path: Snippet::new(b"/soc@1c000000/serial@2000")
+        FdtError::Console {
+            path: Snippet::new(b"/soc@1c000000/serial@2000"),
+            problem: ConsoleProblem::NotCompatible,
         }
+    );
+    assert_eq!(
+        alloc::format!("{e}"),
+        "DTB console /soc@1c000000/serial@2000 is not compatible with arm,pl011, \
+         snps,dw-apb-uart, ns16550a or ns16550"
     );
     assert_eq!(
         host_platform(&patched(BOARD, b"hvc\0", b"svc\0")),
@@ -884,8 +923,9 @@ fn every_error_displays() {
         FdtError::StdoutUnresolved {
             path: Snippet::new(b"serial\x01"),
         },
-        FdtError::NotPl011 {
+        FdtError::Console {
             path: Snippet::new(&[b'x'; 100]),
+            problem: ConsoleProblem::RegShift(9),
         },
         FdtError::Untranslatable { addr: 1 },
         FdtError::UnknownPsciMethod {
@@ -1250,7 +1290,7 @@ fn console_translation() {
     let outer: &[u32] = &[0, 0, 0x1000_0000, 0x1_0000];
     let inner: &[u32] = &[0, 0x2000, 0x1000];
     let p = host_platform(&behind(&[Some(outer), Some(inner)])).unwrap();
-    assert_eq!(p.uart, region(0x1000_2100, 0x20));
+    assert_eq!(p.uart, pl011(0x1000_2100, 0x20));
     // Two ranges entries; the second one matches.
     let two: &[u32] = &[0x8000, 0x9000, 0x100, 0x0, 0x5000, 0x1000];
     let p = host_platform(&behind(&[identity, Some(two)])).unwrap();
@@ -1258,7 +1298,7 @@ fn console_translation() {
     // Identity all the way.
     assert_eq!(
         host_platform(&behind(&[identity])).unwrap().uart,
-        region(0x100, 0x20)
+        pl011(0x100, 0x20)
     );
 
     // No ranges, or no range covering the address: not translatable.
@@ -1348,7 +1388,15 @@ fn second_root_is_rejected() {
 }
 
 fn fixture() -> impl Strategy<Value = &'static [u8]> {
-    prop_oneof![Just(QEMU2), Just(BOARD), Just(MINIMAL)]
+    prop_oneof![Just(QEMU2), Just(BOARD), Just(MINIMAL), Just(ROCK5B)]
+}
+
+/// Every range both walkers report for `dtb` (ignoring errors).
+fn visit_all(dtb: &[u8]) -> usize {
+    let mut n = 0;
+    let _ = for_each_device_range(dtb, |_| n += 1);
+    let _ = for_each_reserved_range(dtb, |_| n += 1);
+    n
 }
 
 proptest! {
@@ -1372,6 +1420,7 @@ proptest! {
             v.truncate(cut.index(v.len()));
         }
         let _ = host_platform(&v);
+        visit_all(&v);
         let edits = Edits {
             reserve: &[HYP],
             initrd: Some(initrd(0x4800_0000, 0x4880_0000)),
@@ -1399,6 +1448,7 @@ proptest! {
         let i = word.index(v.len() / 4) * 4;
         v[i..i + 4].copy_from_slice(&value.to_be_bytes());
         let _ = host_platform(&v);
+        visit_all(&v);
         let mut dst = alloc::vec![0u8; v.len() + 4096];
         let edits = Edits { reserve: &[HYP], initrd: Some(initrd(1, 2)), bootargs: None };
         if let Ok(len) = rewrite(&v, &mut dst, &edits) {
@@ -1414,7 +1464,355 @@ proptest! {
             data[4..8].copy_from_slice(&len.to_be_bytes());
         }
         let _ = host_platform(&data);
+        visit_all(&data);
         let mut dst = [0u8; 512];
         let _ = rewrite(&data, &mut dst, &Edits::default());
     }
+}
+
+// ---- the ROCK 5B's tree ----
+
+#[test]
+fn rock5b_platform() {
+    // The pinned kernel's rk3588-rock-5b.dtb with a /memory node as U-Boot
+    // writes it on an 8 GiB board (tests/data/README.md).
+    let p = host_platform(ROCK5B).unwrap();
+    assert_eq!(
+        p.uart,
+        Uart {
+            base: PhysAddr::new(0xfeb5_0000),
+            size: 0x100,
+            kind: UartKind::Ns16550 {
+                reg_shift: 2,
+                width: crate::uart::IoWidth::U32,
+                reg_offset: 0,
+            },
+        }
+    );
+    assert_eq!(
+        p.ram.as_slice(),
+        &[
+            region(0x20_0000, 0xefe0_0000),
+            region(0x1_0000_0000, 4 * GIB)
+        ]
+    );
+    assert_eq!(p.psci, PsciConduit::Smc);
+    assert_eq!(
+        p.cpus.as_slice(),
+        &[0, 0x100, 0x200, 0x300, 0x400, 0x500, 0x600, 0x700]
+    );
+    assert_eq!(p.initrd, None);
+}
+
+fn device_ranges(dtb: &[u8]) -> Vec<(u64, u64)> {
+    let mut v = Vec::new();
+    for_each_device_range(dtb, |r| v.push((r.base.raw(), r.size))).unwrap();
+    v
+}
+
+fn reserved_ranges(dtb: &[u8]) -> Vec<(u64, u64)> {
+    let mut v = Vec::new();
+    for_each_reserved_range(dtb, |r| v.push((r.base.raw(), r.size))).unwrap();
+    v
+}
+
+#[test]
+fn qemu_device_ranges() {
+    let v = device_ranges(QEMU2);
+    // Every device; not the memory node, not the CPUs (reg = MPIDR under a
+    // bus without ranges).
+    for want in [
+        (0, 0x400_0000), // flash, two reg entries
+        (0x400_0000, 0x400_0000),
+        (0x900_0000, 0x1000),             // PL011
+        (0x800_0000, 0x1_0000),           // GICD
+        (0x80a_0000, 0xf6_0000),          // GICR
+        (0x808_0000, 0x2_0000),           // ITS, a child of the GIC (identity ranges)
+        (0xa00_3e00, 0x200),              // the last virtio-mmio
+        (0x40_1000_0000, 0x1000_0000),    // PCIe ECAM
+        (0x3eff_0000, 0x1_0000),          // PCIe I/O window
+        (0x1000_0000, 0x2eff_0000),       // PCIe 32-bit window
+        (0x80_0000_0000, 0x80_0000_0000), // PCIe 64-bit window
+    ] {
+        assert!(v.contains(&want), "{want:x?} missing from {v:x?}");
+    }
+    assert!(
+        !v.iter().any(|&(b, _)| b == 0x4000_0000),
+        "RAM is not a device"
+    );
+    assert_eq!(v.len(), 45);
+    assert_eq!(reserved_ranges(QEMU2), []);
+}
+
+#[test]
+fn rock5b_device_and_reserved_ranges() {
+    let v = device_ranges(ROCK5B);
+    for want in [
+        (0xfeb5_0000, 0x100),         // uart2
+        (0xfe60_0000, 0x1_0000),      // GICD
+        (0xfe68_0000, 0x10_0000),     // GICR
+        (0x9_0000_0000, 0x4000_0000), // pcie3x4 64-bit window
+        (0xf020_0000, 0xe0_0000),     // pcie3x4 32-bit window
+        (0xa_4000_0000, 0x40_0000),   // pcie3x4 DBI
+    ] {
+        assert!(v.contains(&want), "{want:x?} missing");
+    }
+    // Disabled nodes (pcie3x2 at 0xfe160000, its window 0x9_4000_0000) and
+    // I2C devices (no CPU address) are not reported.
+    assert!(!v
+        .iter()
+        .any(|&(b, _)| b == 0xfe16_0000 || b == 0x9_4000_0000));
+    assert!(v.iter().all(|&(b, _)| b >= 0xf000_0000), "{v:x?}");
+    assert_eq!(v.len(), 143);
+    // The SCMI mailbox, below the RAM U-Boot reports.
+    assert_eq!(reserved_ranges(ROCK5B), [(0x10_f000, 0x100)]);
+}
+
+#[test]
+fn device_range_rules() {
+    let dtb = Tree::platform(1, |t| {
+        // A simple bus translating 0.. to 0x2000_0000, with a device, a
+        // disabled device, a disabled sub-bus and a nested bus without
+        // ranges (I2C-like).
+        t.begin("soc")
+            .u32s("#address-cells", &[1])
+            .u32s("#size-cells", &[1])
+            .u32s("ranges", &[0, 0, 0x2000_0000, 0x100_0000]);
+        t.begin("dev@1000")
+            .u32s("reg", &[0x1000, 0x100, 0x3000, 0x10])
+            .end();
+        t.begin("off@2000")
+            .u32s("reg", &[0x2000, 0x100])
+            .str("status", "disabled")
+            .end();
+        t.begin("bus@5000")
+            .u32s("#address-cells", &[1])
+            .u32s("#size-cells", &[1])
+            .u32s("ranges", &[])
+            .str("status", "fail");
+        t.begin("dev@5000").u32s("reg", &[0x5000, 0x10]).end();
+        t.end();
+        t.begin("i2c@4000")
+            .u32s("reg", &[0x4000, 0x100])
+            .u32s("#address-cells", &[1])
+            .u32s("#size-cells", &[0]);
+        t.begin("pmic@20").u32s("reg", &[0x20]).end();
+        t.end();
+        // Outside every ranges window: skipped.
+        t.begin("far@2000000")
+            .u32s("reg", &[0x200_0000, 0x10])
+            .end();
+        // Empty and wrapping entries: skipped.
+        t.begin("odd@0")
+            .u32s("reg", &[0x10, 0, 0xffff_fff0, 0x20])
+            .end();
+        t.end();
+        // A root-level device with a ragged reg: whole entries only.
+        t.begin("ragged@30000000")
+            .u32s("reg", &[0, 0x3000_0000, 0, 0x1000, 0, 0x3100_0000])
+            .end();
+        // A PCI host bridge: reg (ECAM) plus its windows.
+        t.begin("pcie@40000000")
+            .str("device_type", "pci")
+            .u32s("#address-cells", &[3])
+            .u32s("#size-cells", &[2])
+            .u32s("reg", &[0x40, 0, 0, 0x1000_0000])
+            .u32s(
+                "ranges",
+                &[
+                    0x0100_0000,
+                    0,
+                    0,
+                    0,
+                    0x3eff_0000,
+                    0,
+                    0x1_0000, //
+                    0x0200_0000,
+                    0,
+                    0x1000_0000,
+                    0,
+                    0x1000_0000,
+                    0,
+                    0x2000_0000,
+                ],
+            );
+        t.begin("dev@0,0").u32s("reg", &[0, 0, 0, 0, 0]).end();
+        t.end();
+        // A disabled PCI bridge reports nothing.
+        t.begin("pcie@50000000")
+            .str("device_type", "pci")
+            .str("status", "disabled")
+            .u32s("#address-cells", &[3])
+            .u32s("#size-cells", &[2])
+            .u32s(
+                "ranges",
+                &[0x0200_0000, 0, 0x5000_0000, 0, 0x5000_0000, 0, 0x1000],
+            );
+        t.end();
+        // A malformed #address-cells makes a node's addresses unreadable.
+        t.begin("weird")
+            .prop("#address-cells", &[1])
+            .u32s("#size-cells", &[1])
+            .u32s("ranges", &[]);
+        t.begin("dev@0").u32s("reg", &[0x6000_0000, 0x10]).end();
+        t.end();
+        // Reserved memory: one region, one disabled, one sized only.
+        t.begin("reserved-memory")
+            .u32s("#address-cells", &[2])
+            .u32s("#size-cells", &[2])
+            .u32s("ranges", &[]);
+        t.begin("fw@10f000")
+            .u32s("reg", &[0, 0x10_f000, 0, 0x100])
+            .end();
+        t.begin("off@0")
+            .u32s("reg", &[0, 0, 0, 0x1000])
+            .str("status", "disabled")
+            .end();
+        t.begin("pool").u32s("size", &[0, 0x10_0000]).end();
+        t.end();
+    });
+    assert_eq!(
+        device_ranges(&dtb),
+        [
+            (0x900_0000, 0x1000), // the platform's console
+            (0x2000_1000, 0x100),
+            (0x2000_3000, 0x10),
+            (0x2000_4000, 0x100), // the I2C controller itself
+            (0x3000_0000, 0x1000),
+            (0x40_0000_0000, 0x1000_0000),
+            (0x3eff_0000, 0x1_0000),
+            (0x1000_0000, 0x2000_0000),
+        ]
+    );
+    assert_eq!(reserved_ranges(&dtb), [(0x10_f000, 0x100)]);
+    // No /reserved-memory, or a disabled one: nothing.
+    assert_eq!(reserved_ranges(QEMU2), []);
+    let off = Tree::platform(1, |t| {
+        t.begin("reserved-memory")
+            .str("status", "disabled")
+            .u32s("#address-cells", &[2])
+            .u32s("#size-cells", &[2])
+            .u32s("ranges", &[]);
+        t.begin("fw@0").u32s("reg", &[0, 0x1000, 0, 0x100]).end();
+        t.end();
+    });
+    assert_eq!(reserved_ranges(&off), []);
+    // A broken tree is an error, not a partial list.
+    assert!(for_each_device_range(&QEMU2[..100], |_| {}).is_err());
+    assert!(for_each_reserved_range(b"xx", |_| {}).is_err());
+}
+
+#[test]
+fn device_walk_skips_nodes_deeper_than_max_depth() {
+    let dtb = Tree::platform(1, |t| {
+        for i in 0..MAX_DEPTH + 2 {
+            t.begin(&alloc::format!("bus{i}"))
+                .u32s("#address-cells", &[1])
+                .u32s("#size-cells", &[1])
+                .u32s("ranges", &[])
+                .u32s("reg", &[0x1000 * u32::try_from(i).unwrap(), 0x10]);
+        }
+        for _ in 0..MAX_DEPTH + 2 {
+            t.end();
+        }
+        t.begin("after")
+            .u32s("reg", &[0, 0x7000_0000, 0, 0x10])
+            .end();
+    });
+    let v = device_ranges(&dtb);
+    // The root is depth 0; bus0 (depth 1) .. bus14 (depth 15) fit the
+    // walker's stack; deeper ones are skipped, and the walk goes on.
+    // bus0's reg is in the root's 2-cell space: unreadable as 1-cell pairs.
+    let buses: Vec<u64> = (1..u64::try_from(MAX_DEPTH).unwrap() - 1)
+        .map(|i| 0x1000 * i)
+        .collect();
+    let got: Vec<u64> = v
+        .iter()
+        .map(|&(b, _)| b)
+        .filter(|&b| b < 0x10_0000)
+        .collect();
+    assert_eq!(got, buses);
+    assert_eq!(v.last(), Some(&(0x7000_0000, 0x10)));
+}
+
+#[test]
+fn console_kinds_and_problems() {
+    let console = |props: &dyn Fn(&mut Tree)| {
+        let dtb = Tree::platform(1, |t| {
+            t.begin("ser@1000000")
+                .u32s("reg", &[0, 0x100_0000, 0, 0x100]);
+            props(t);
+            t.end();
+        });
+        host_platform(&patched(&dtb, b"/uart@9000000\0", b"/ser@1000000\0\0"))
+    };
+    let p = console(&|t| {
+        t.str("compatible", "snps,dw-apb-uart")
+            .u32s("reg-shift", &[2])
+            .u32s("reg-io-width", &[4]);
+    })
+    .unwrap();
+    assert_eq!(p.uart.base, PhysAddr::new(0x100_0000));
+    assert_eq!(
+        alloc::format!("{}", p.uart.kind),
+        "16550 (reg-shift 2, 32-bit access)"
+    );
+    let path = Snippet::new(b"/ser@1000000");
+    assert_eq!(
+        console(&|t| {
+            t.str("compatible", "ns16550a").u32s("reg-shift", &[5]);
+        }),
+        Err(FdtError::Console {
+            path,
+            problem: ConsoleProblem::RegShift(5)
+        })
+    );
+    assert_eq!(
+        console(&|t| {
+            t.str("compatible", "ns16550").u32s("reg-io-width", &[8]);
+        }),
+        Err(FdtError::Console {
+            path,
+            problem: ConsoleProblem::RegIoWidth(8)
+        })
+    );
+    // reg-offset past the 0x100-byte reg.
+    let e = console(&|t| {
+        t.str("compatible", "ns16550").u32s("reg-offset", &[0xfb]);
+    })
+    .unwrap_err();
+    assert_eq!(
+        e,
+        FdtError::Console {
+            path,
+            problem: ConsoleProblem::RegTooSmall {
+                size: 0x100,
+                needed: 0x101
+            }
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "DTB console /ser@1000000 has a reg of 0x100 bytes, but its registers need 0x101"
+    );
+    // A malformed property is a malformed property.
+    assert_eq!(
+        console(&|t| {
+            t.str("compatible", "ns16550").prop("reg-shift", &[2]);
+        }),
+        Err(FdtError::BadProperty {
+            node: "console",
+            prop: "reg-shift",
+            len: 1
+        })
+    );
+    assert_eq!(
+        console(&|t| {
+            t.str("compatible", "xlnx,xps-uartlite-1.00.a");
+        }),
+        Err(FdtError::Console {
+            path,
+            problem: ConsoleProblem::NotCompatible
+        })
+    );
 }
