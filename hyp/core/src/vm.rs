@@ -907,6 +907,15 @@ impl From<VcpuError> for VmError {
     }
 }
 
+/// Which VM states a call accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Liveness {
+    /// Live only (teardown not started).
+    Live,
+    /// Live or dying (teardown started, not finished).
+    LiveOrDying,
+}
+
 /// The VM table: [`MAX_VMS`] slots, in hyp memory.
 #[derive(Debug)]
 pub struct VmTable {
@@ -979,6 +988,24 @@ impl VmTable {
     }
 
     /// A VM that is live (not dying).
+    /// VM `handle` if it is of kind `want` (the VM calls that exist for
+    /// one kind only); `Dying` first when `liveness` asks for a live VM.
+    fn vm_of_kind(
+        &mut self,
+        handle: VmHandle,
+        want: VmKind,
+        liveness: Liveness,
+    ) -> Result<&mut Vm, VmError> {
+        let vm = match liveness {
+            Liveness::Live => self.live_vm_mut(handle)?,
+            Liveness::LiveOrDying => self.vm_mut(handle)?,
+        };
+        if vm.kind != want {
+            return Err(VmError::WrongKind { kind: vm.kind });
+        }
+        Ok(vm)
+    }
+
     fn live_vm_mut(&mut self, handle: VmHandle) -> Result<&mut Vm, VmError> {
         let vm = self.vm_mut(handle)?;
         if vm.state != VmState::Live {
@@ -1081,10 +1108,7 @@ impl VmTable {
         count: u64,
         hal: &mut H,
     ) -> Result<(), VmError> {
-        let vm = self.live_vm_mut(handle)?;
-        if vm.kind != VmKind::Protected {
-            return Err(VmError::WrongKind { kind: vm.kind });
-        }
+        let vm = self.vm_of_kind(handle, VmKind::Protected, Liveness::Live)?;
         if vm.mmio_guard.overlaps(ipa, count) {
             return Err(VmError::IpaGuarded { ipa });
         }
@@ -1106,10 +1130,7 @@ impl VmTable {
         ipa: Ipa,
         hal: &mut H,
     ) -> Result<Pfn, VmError> {
-        let vm = self.live_vm_mut(handle)?;
-        if vm.kind != VmKind::Protected {
-            return Err(VmError::WrongKind { kind: vm.kind });
-        }
+        let vm = self.vm_of_kind(handle, VmKind::Protected, Liveness::Live)?;
         let guest = vm.mem.as_mut().ok_or(VmError::Internal)?;
         let pfn = guest.stage2().walk(ipa, hal).map(|leaf| leaf.pa.pfn());
         mem.reclaim_guest_page(guest, ipa, hal)?;
@@ -1131,10 +1152,7 @@ impl VmTable {
         count: u64,
         hal: &mut H,
     ) -> Result<(), VmError> {
-        let vm = self.live_vm_mut(handle)?;
-        if vm.kind != VmKind::Normal {
-            return Err(VmError::WrongKind { kind: vm.kind });
-        }
+        let vm = self.vm_of_kind(handle, VmKind::Normal, Liveness::Live)?;
         let guest = vm.mem.as_mut().ok_or(VmError::Internal)?;
         Ok(mem.host_share_guest(pfn, count, guest, ipa, hal)?)
     }
@@ -1151,10 +1169,7 @@ impl VmTable {
         ipa: Ipa,
         hal: &mut H,
     ) -> Result<(), VmError> {
-        let vm = self.vm_mut(handle)?;
-        if vm.kind != VmKind::Normal {
-            return Err(VmError::WrongKind { kind: vm.kind });
-        }
+        let vm = self.vm_of_kind(handle, VmKind::Normal, Liveness::LiveOrDying)?;
         let guest = vm.mem.as_mut().ok_or(VmError::Internal)?;
         Ok(mem.host_unshare_guest(guest, ipa, hal)?)
     }

@@ -262,13 +262,15 @@ impl Machine {
         install_kick_handler();
         let outcome: Mutex<Option<Result<GuestEnd, VmmError>>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
+        // Each vCPU thread says it ended; the first message starts the stop.
+        let (ended, first_end) = std::sync::mpsc::channel::<()>();
         // Each thread's pthread_t, for kicks.
         // (As an address-sized integer: musl's pthread_t is a pointer.)
         let ids: Vec<Mutex<Option<usize>>> = self.vcpus.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|s| {
             let mut threads = Vec::new();
             for ((index, vcpu), id) in self.vcpus.iter_mut().enumerate().zip(&ids) {
-                let (outcome, stop) = (&outcome, &stop);
+                let (outcome, stop, ended) = (&outcome, &stop, ended.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("vcpu{index}"))
                     .spawn_scoped(s, move || {
@@ -283,6 +285,7 @@ impl Machine {
                             }
                         }
                         stop.store(true, Ordering::SeqCst);
+                        let _ = ended.send(());
                     });
                 match t {
                     Ok(t) => threads.push((t, id)),
@@ -294,11 +297,13 @@ impl Machine {
                     }
                 }
             }
-            // Wait for the first end, then kick the rest out of KVM_RUN
-            // until they are gone (a kick that lands outside KVM_RUN is
-            // lost, so keep kicking).
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            // Wait for the first end (or for a spawn failure, which set
+            // `stop`), then kick the rest out of KVM_RUN until they are
+            // gone: a kick that lands outside KVM_RUN is lost, so keep
+            // kicking.
+            drop(ended);
+            if !stop.load(Ordering::SeqCst) {
+                let _ = first_end.recv();
             }
             while threads.iter().any(|(t, _)| !t.is_finished()) {
                 for (_, id) in threads.iter().filter(|(t, _)| !t.is_finished()) {
