@@ -110,6 +110,13 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         .join("host-kernel")
         .join(short(&build_key.finish()));
     let kernel_build = run_stage(&logs, "host-kernel", |stage| {
+        for gone in cache::keep_recent(
+            &cache_dir.join("host-kernel"),
+            &kernel_dir,
+            kernel::KEEP_BUILDS,
+        )? {
+            stage.log(&format!("removed stale kernel build {}", gone.display()));
+        }
         kernel::build(
             stage,
             &tree,

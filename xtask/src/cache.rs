@@ -102,6 +102,50 @@ impl KeyBuilder {
     }
 }
 
+/// Name of the file whose mtime records when a cache entry was last used.
+const LAST_USED: &str = ".last-used";
+
+/// Marks `current` (a directory directly under `parent`) as just used and
+/// deletes all but the `keep` most recently used sibling directories.
+///
+/// Cache entries are keyed by content, so every patch or fragment edit makes
+/// a new one (a Linux tree is 1.7 GB); without this the cache fills the disk.
+/// Returns the directories removed.
+pub fn keep_recent(parent: &Path, current: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(current)?;
+    std::fs::write(current.join(LAST_USED), b"")
+        .with_context(|| format!("marking {} as used", current.display()))?;
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(parent)
+        .with_context(|| format!("listing {}", parent.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            // An entry without the marker predates it: treat it as oldest.
+            let used = std::fs::metadata(p.join(LAST_USED))
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            (used, p)
+        })
+        .collect();
+    // Newest first; the current entry always stays.
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut removed = Vec::new();
+    let mut kept = 0;
+    for (_, path) in entries {
+        if path == current || kept < keep.saturating_sub(1) {
+            if path != current {
+                kept += 1;
+            }
+            continue;
+        }
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("removing stale cache entry {}", path.display()))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
 /// A stamp: the key the outputs in a directory were last built from.
 #[derive(Debug, Clone)]
 pub struct Stamp {
@@ -143,6 +187,36 @@ pub fn short(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_recent_removes_the_least_recently_used_but_never_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path();
+        let ages = [("a", 40), ("b", 30), ("c", 20), ("d", 10)];
+        for (name, secs_ago) in ages {
+            let entry = parent.join(name);
+            std::fs::create_dir_all(&entry).unwrap();
+            let marker = File::create(entry.join(LAST_USED)).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+            marker.set_modified(when).unwrap();
+        }
+        // No marker: predates the scheme, goes first.
+        std::fs::create_dir_all(parent.join("legacy")).unwrap();
+        // "a" is the oldest but is the one in use now.
+        let removed = keep_recent(parent, &parent.join("a"), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a", "d"]);
+        assert_eq!(removed.len(), 3);
+        // Asking to keep more than exist removes nothing.
+        assert!(keep_recent(parent, &parent.join("d"), 5)
+            .unwrap()
+            .is_empty());
+    }
 
     fn sha256_bytes(data: &[u8]) -> String {
         hex(&Sha256::digest(data))

@@ -45,6 +45,13 @@ pub fn read_series(patch_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(patches)
 }
 
+/// How many unpacked Linux trees (1.7 GB each) the cache keeps.
+const KEEP_TREES: usize = 2;
+
+/// How many kernel build directories the cache keeps: one per distinct
+/// fragment list in use (QEMU stacks, board stacks, the guest kernel).
+pub const KEEP_BUILDS: usize = 4;
+
 /// Unpacks `tarball` and applies `patches` into a cache directory keyed by
 /// their contents, so trees are reused across stacks and builds.
 pub fn prepare_source(
@@ -61,6 +68,10 @@ pub fn prepare_source(
     }
     let key = key.finish();
     let root = cache_dir.join("linux").join(short(&key));
+    // Host and guest kernels may use different trees; older ones go.
+    for gone in crate::cache::keep_recent(&cache_dir.join("linux"), &root, KEEP_TREES)? {
+        stage.log(&format!("removed stale Linux tree {}", gone.display()));
+    }
     let stamp = Stamp::new(&root, "tree");
     let tree = LinuxTree {
         dir: root.join("src"),
