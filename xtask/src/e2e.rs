@@ -461,8 +461,8 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         agent(
             "pvm-secret",
-            "a protected guest's secret: the VMM mapping, /dev/mem and uaccess cannot read it; \
-             readable once shared, not after unshare; gone after teardown",
+            "a protected guest's secret: the VMM mapping, /dev/mem, uaccess, GUP and O_DIRECT \
+             cannot read it; readable once shared, not after unshare; gone after teardown",
             &[
                 Expected::Is("pvm_private_vmm", "SIGSEGV"),
                 Expected::Is("pvm_private_devmem", "SIGSEGV"),
@@ -470,6 +470,10 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::Is("pvm_private_uaccess_in", "EFAULT"),
                 Expected::Is("pvm_private_process_vm_readv", "EFAULT"),
                 Expected::Is("pvm_private_proc_mem", "EIO"),
+                Expected::Is("pvm_private_odirect_write", "EFAULT"),
+                Expected::Is("pvm_private_odirect_read", "EFAULT"),
+                Expected::Is("pvm_shared_odirect_write", "EFAULT"),
+                Expected::Is("pvm_untouched_odirect_write", "wrote 4096, file holds pattern"),
                 Expected::Is("pvm_shared_vmm", "secret"),
                 Expected::Is("pvm_unshared_vmm", "SIGSEGV"),
                 Expected::Is("pvm_end", "PowerOff"),
@@ -487,7 +491,7 @@ pub fn scenarios() -> Vec<Scenario> {
         agent(
             "gmem-secret",
             "a protected guest's secret in a guest_memfd: the VMM mapping gets SIGBUS from the \
-             host kernel, /dev/mem, uaccess, process_vm_readv and /proc/pid/mem fail; shared \
+             host kernel, /dev/mem, uaccess, process_vm_readv, /proc/pid/mem and O_DIRECT fail; shared \
              in place, private again after unshare",
             &[
                 Expected::Is("gmem_private_vmm", "SIGBUS"),
@@ -496,6 +500,10 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::Is("gmem_private_uaccess_in", "EFAULT"),
                 Expected::Is("gmem_private_process_vm_readv", "EFAULT"),
                 Expected::Is("gmem_private_proc_mem", "EIO"),
+                Expected::Is("gmem_private_odirect_write", "EFAULT"),
+                Expected::Is("gmem_private_odirect_read", "EFAULT"),
+                Expected::Is("gmem_shared_odirect_write", "EFAULT"),
+                Expected::Is("gmem_untouched_odirect_write", "EFAULT"),
                 Expected::Is("gmem_shared_vmm", "secret"),
                 Expected::Is("gmem_unshared_vmm", "SIGBUS"),
                 Expected::Is("gmem_end", "PowerOff"),

@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[cfg(target_arch = "aarch64")]
+mod direct_io;
 mod probe;
 #[cfg(target_arch = "aarch64")]
 mod vms;

@@ -25,6 +25,7 @@ use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init, KVM_MEM_READONLY}
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::direct_io;
 use crate::probe::{self, Probe};
 use crate::{
     call_line, check, fact, host_alive, hypercall_ok, hypercall_regs, map_devmem, read_kernel_log,
@@ -48,7 +49,7 @@ fn fresh_seed() -> u64 {
     mixed | 1
 }
 
-fn errno_name(e: i32) -> String {
+pub(crate) fn errno_name(e: i32) -> String {
     match e {
         0 => "ok".into(),
         libc::EPERM => "EPERM".into(),
@@ -302,8 +303,9 @@ fn driver_pfn(ipa: u64) -> Result<u64, String> {
 /// process is the VMM of a protected guest that keeps a secret, shares it,
 /// unshares it and powers off; at each step it reads the page through its
 /// own mapping, and while private also through /dev/mem at the page's
-/// frame, the kernel (write(2) from the mapping), process_vm_readv and
-/// /proc/self/mem. Facts are named `<prefix>_<stage>_<path>`.
+/// frame, the kernel (write(2) from the mapping, read(2) into it),
+/// process_vm_readv, /proc/self/mem and an O_DIRECT write from and read into
+/// the page; once shared, the O_DIRECT write again. Facts are named `<prefix>_<stage>_<path>`.
 pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
     let seed = fresh_seed();
     let cfg = VmConfig {
@@ -357,6 +359,27 @@ pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
                 &format!("{prefix}_private_proc_mem"),
                 proc_mem_read(va),
             ));
+            out.push(fact(
+                &format!("{prefix}_private_odirect_write"),
+                direct_io::write_from(va, |p| seen(p, seed)),
+            ));
+            out.push(fact(
+                &format!("{prefix}_private_odirect_read"),
+                direct_io::read_into(va, |p| seen(p, seed)),
+            ));
+        }
+        if ev == event::SHARED {
+            // Shared pages stay out of GUP's reach (docs/dev-cloister.md).
+            out.push(fact(
+                &format!("{prefix}_shared_odirect_write"),
+                direct_io::write_from(va, |p| seen(p, seed)),
+            ));
+            // The control: the same probe from a guest page the guest never
+            // touched, so never donated, holding a pattern the VMM wrote.
+            out.push(fact(
+                &format!("{prefix}_untouched_odirect_write"),
+                untouched_odirect_write(&mem),
+            ));
         }
         if let Ok(mut r) = log.lock() {
             r.extend(out);
@@ -391,6 +414,23 @@ pub fn pvm_secret(prefix: &'static str, memory: MemoryModel) -> Vec<Report> {
     out.push(host_alive());
     out.push(kernel_clean());
     out
+}
+
+/// The O_DIRECT write probe on the last page of guest RAM, which the
+/// secret guest never touches: `pattern` when the file got the page.
+fn untouched_odirect_write(mem: &vm_memory::GuestMemoryMmap) -> String {
+    const PATTERN: u64 = 0xc1a1_57e2_0d12_ec70;
+    let last = GuestAddress(mem.last_addr().0 & !0xfff);
+    if let Err(e) = mem.write_obj(PATTERN, last) {
+        return format!("writing the pattern at {:#x}: {e}", last.0);
+    }
+    let Ok(va) = mem.get_host_address(last) else {
+        return format!("{:#x} is not in guest memory", last.0);
+    };
+    direct_io::write_from(va as u64, |p| match p {
+        Probe::Value(PATTERN) => "pattern".into(),
+        other => seen(other, 0),
+    })
 }
 
 /// Copies of the secret left in guest RAM (as this process maps it) after

@@ -141,12 +141,15 @@ pub mod hc {
     pub const VCPU_SET_REG: u32 = hc(0x8a);
     /// `VCPU_GET_REG(handle, vcpu, reg)` → `x1` = value. Normal VMs only.
     pub const VCPU_GET_REG: u32 = hc(0x8b);
-    /// `VCPU_RUN(handle, vcpu, flags, data)` → `x1` = why the vCPU
-    /// stopped ([`super::exit`]), `x2`, `x3` = details. `flags` is
-    /// [`super::run_flag`]s: [`super::run_flag::MMIO_COMPLETE`] finishes
-    /// the MMIO access of the last exit (`data` = the value read, for a
-    /// read); without it a pending MMIO access is executed again. `data`
-    /// must be 0 unless a read is completed.
+    /// `VCPU_RUN(handle, vcpu, flags, data, pending_lo, pending_hi)` →
+    /// `x1` = why the vCPU stopped ([`super::exit`]), `x2`, `x3` =
+    /// details. `flags` is [`super::run_flag`]s:
+    /// [`super::run_flag::MMIO_COMPLETE`] finishes the MMIO access of the
+    /// last exit (`data` = the value read, for a read); without it a
+    /// pending MMIO access is executed again. `data` must be 0 unless a
+    /// read is completed. `pending_lo` (`x5`) and `pending_hi` (`x6`) are
+    /// masks of virtual INTIDs 0–63 and 64–127 to make pending (edge) on
+    /// the vCPU first ([`super::vgic`], docs/interrupts.md).
     pub const VCPU_RUN: u32 = hc(0x8c);
     /// `VM_TEARDOWN(handle)`: first phase of teardown: no vCPU runs again.
     pub const VM_TEARDOWN: u32 = hc(0x8d);
@@ -205,7 +208,7 @@ pub struct AbiVersion {
 }
 
 /// The ABI this hypervisor implements.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 4 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 0, minor: 5 };
 
 /// Cloister's vendor-hyp service UUID (random, version 4, generated once for
 /// this project; never change it).
@@ -317,6 +320,21 @@ pub mod run_flag {
     pub const ALL: u64 = MMIO_COMPLETE;
 }
 
+/// The guest's interrupt controller as the hyp sees it (docs/interrupts.md).
+pub mod vgic {
+    /// Interrupt IDs a guest has: SGIs 0–15, PPIs 16–31, SPIs 32–127.
+    pub const NR_INTIDS: u32 = 128;
+    /// The first SPI.
+    pub const FIRST_SPI: u32 = 32;
+    /// The virtual timer's PPI (PPI 11) as an INTID.
+    pub const VTIMER_INTID: u32 = 27;
+    /// The priority the hyp gives every interrupt it loads into a list
+    /// register (Linux's `GICD_INT_DEF_PRI`).
+    pub const LR_PRIORITY: u8 = 0xa0;
+    /// [`super::exit::HALT`]'s `x2` when the guest's timer cannot fire.
+    pub const NO_DEADLINE: u64 = u64::MAX;
+}
+
 /// `KVM_CREATE_VM` type values `VM_CREATE` accepts.
 pub mod vm_type {
     /// A normal VM: the host keeps access to its memory.
@@ -383,8 +401,10 @@ pub mod exit {
     pub const CPU_ON: u64 = 4;
     /// PSCI CPU_OFF: the vCPU is off until another vCPU turns it on.
     pub const CPU_OFF: u64 = 5;
-    /// The vCPU waits for an interrupt (WFI, PSCI CPU_SUSPEND): run it
-    /// again once one is pending.
+    /// The vCPU waits for an interrupt (WFI, PSCI CPU_SUSPEND) and has
+    /// none pending: run it again once one is (a kick) or when the virtual
+    /// counter reaches `x2`, the guest timer's deadline ([`super::vgic::NO_DEADLINE`]
+    /// if its timer cannot fire).
     pub const HALT: u64 = 6;
     /// The guest accessed a device the host emulates (`KVM_EXIT_MMIO`):
     /// `x1` = `MMIO | size << MMIO_SIZE_SHIFT | MMIO_WRITE if a write`
@@ -400,6 +420,10 @@ pub mod exit {
     /// gets a synchronous external abort (KVM's answer to an access outside
     /// every memslot).
     pub const MEM_FAULT: u64 = 8;
+    /// SGIs the guest sent (`ICC_SGI1R_EL1`) are pending on other vCPUs of
+    /// the VM: `x2` = mask of their indices. The host wakes each (or
+    /// interrupts it if it is in the guest) and runs this vCPU again.
+    pub const KICK: u64 = 9;
     /// The exit code is `x1 & CODE_MASK`; the bits above are its flags.
     pub const CODE_MASK: u64 = 0xff;
     /// Shift of the access size in bytes in an [`MMIO`] exit's `x1`.
@@ -531,7 +555,14 @@ pub const HOST_CALLS: &[CallDesc] = &[
     CallDesc {
         name: "VCPU_RUN",
         id: hc::VCPU_RUN,
-        args: &["handle", "vcpu", "flags", "data"],
+        args: &[
+            "handle",
+            "vcpu",
+            "flags",
+            "data",
+            "pending_lo",
+            "pending_hi",
+        ],
         results: &["exit", "info0", "info1"],
     },
     CallDesc {
@@ -631,6 +662,10 @@ pub const VM_CODES: &[(&str, u64)] = &[
     ("VCPU_FEATURE_POWER_OFF", vcpu_feature::POWER_OFF),
     ("VCPU_FEATURE_PSCI_0_2", vcpu_feature::PSCI_0_2),
     ("RUN_MMIO_COMPLETE", run_flag::MMIO_COMPLETE),
+    ("VGIC_NR_INTIDS", vgic::NR_INTIDS as u64),
+    ("VGIC_FIRST_SPI", vgic::FIRST_SPI as u64),
+    ("VGIC_VTIMER_INTID", vgic::VTIMER_INTID as u64),
+    ("VGIC_NO_DEADLINE", vgic::NO_DEADLINE),
 ];
 
 /// `VCPU_SET_REG` / `VCPU_GET_REG` register numbers, for the C header.
@@ -656,6 +691,7 @@ pub const EXIT_CODES: &[(&str, u64)] = &[
     ("HALT", exit::HALT),
     ("MMIO", exit::MMIO),
     ("MEM_FAULT", exit::MEM_FAULT),
+    ("KICK", exit::KICK),
     ("CODE_MASK", exit::CODE_MASK),
     ("MMIO_SIZE_SHIFT", exit::MMIO_SIZE_SHIFT as u64),
     ("MMIO_WRITE", exit::MMIO_WRITE),
@@ -942,7 +978,7 @@ mod tests {
         assert!(h.contains("#define CLOISTER_UID_REG_0 0x677903f5U\n"));
         assert!(h.contains("#define CLOISTER_ABI_VERSION_MAJOR 0\n"));
         assert!(h.contains("#define CLOISTER_STATE_NOPAGE 0x3\n"));
-        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 4\n"));
+        assert!(h.contains("#define CLOISTER_ABI_VERSION_MINOR 5\n"));
         assert!(h.contains("#define CLOISTER_HC_VCPU_RUN 0xc600008cU\n"));
         assert!(h.contains("/* VM_DONATE(handle, pfn, ipa, count) -> - */\n"));
         assert!(h.contains("#define CLOISTER_VM_TYPE_PROTECTED 0x80000000\n"));

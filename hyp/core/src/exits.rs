@@ -201,6 +201,9 @@ pub struct RunRequest {
     pub flags: u64,
     /// The value an MMIO read returns.
     pub data: u64,
+    /// Virtual INTIDs (bit n = INTID n) the host makes pending on the vCPU
+    /// before it runs.
+    pub pending: u128,
 }
 
 impl RunRequest {

@@ -126,7 +126,7 @@ pub enum HostCall {
         /// Register number ([`abi::vcpu_reg`]).
         reg: u64,
     },
-    /// `VCPU_RUN(handle, vcpu, flags, data)`.
+    /// `VCPU_RUN(handle, vcpu, flags, data, pending_lo, pending_hi)`.
     VcpuRun {
         /// VM handle.
         handle: u64,
@@ -340,7 +340,7 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
             }
         }
         hc::VCPU_RUN => {
-            reserved_zero(regs, 4)?;
+            reserved_zero(regs, 6)?;
             if regs[3] & !abi::run_flag::ALL != 0 {
                 return Err(DecodeError::ReservedArgNonZero { reg: 3 });
             }
@@ -350,6 +350,7 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
                 run: RunRequest {
                     flags: regs[3],
                     data: regs[4],
+                    pending: u128::from(regs[5]) | u128::from(regs[6]) << 64,
                 },
             }
         }
@@ -683,6 +684,7 @@ mod tests {
                     run: RunRequest {
                         flags: abi::run_flag::MMIO_COMPLETE,
                         data: 13,
+                        pending: 15 | 17 << 64,
                     },
                 },
             ),
@@ -705,7 +707,7 @@ mod tests {
             } else {
                 11
             };
-            let args = [7, 9, third, 13];
+            let args = [7, 9, third, 13, 15, 17];
             let r = regs(call.id, &args[..call.args.len()]);
             let want = expected
                 .iter()
@@ -806,10 +808,10 @@ mod tests {
             call(smccc::VENDOR_HYP_CALL_UID, &[], &mut mp),
             [0x6779_03f5, 0xdd43_e845, 0xa318_ea99, 0xf794_3656]
         );
-        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 4, 0, 0]);
+        assert_eq!(call(smccc::VENDOR_HYP_REVISION, &[], &mut mp), [0, 5, 0, 0]);
         assert_eq!(
             call(hc::GET_VERSION, &[], &mut mp),
-            [ret::SUCCESS, 0, 4, abi::pack_version((0, 1, 0))]
+            [ret::SUCCESS, 0, 5, abi::pack_version((0, 1, 0))]
         );
         assert_eq!(abi::HYP_VERSION, (0, 1, 0), "crate version 0.1.0");
 

@@ -857,7 +857,7 @@ proptest! {
         const VBAR: u64 = 0x8000_4000;
         for (protected, vector, esr, ipa, (flags, data), regs) in &steps {
             let h = if *protected { p } else { n };
-            let run = RunRequest { flags: *flags & abi::run_flag::ALL, data: if flags & 2 != 0 { *data } else { 0 } };
+            let run = RunRequest { flags: *flags & abi::run_flag::ALL, data: if flags & 2 != 0 { *data } else { 0 }, pending: 0 };
             let before = full_snapshot(&mp, &vms, &hal);
             if vms.settle_pending(h, 0, run, &hal).is_err() {
                 prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "refused run changed state");

@@ -168,7 +168,11 @@ fn guarded_mmio_exits_and_completes_a_read() {
     );
     assert!(matches!(r.pending(p), Some(PendingExit::Mmio(_))));
     // Data for a read only with MMIO_COMPLETE; unknown completions refused.
-    let bad = RunRequest { flags: 0, data: 7 };
+    let bad = RunRequest {
+        flags: 0,
+        data: 7,
+        pending: 0,
+    };
     assert_eq!(
         r.rerun(p, bad, &hal),
         Err(VmError::NoPendingMmio { vcpu: 0 })
@@ -178,7 +182,8 @@ fn guarded_mmio_exits_and_completes_a_read() {
             p,
             RunRequest {
                 flags: COMPLETE,
-                data: 0x1_2345_6789
+                data: 0x1_2345_6789,
+                pending: 0,
             },
             &hal
         ),
@@ -193,7 +198,8 @@ fn guarded_mmio_exits_and_completes_a_read() {
             p,
             RunRequest {
                 flags: COMPLETE,
-                data: 0
+                data: 0,
+                pending: 0,
             },
             &hal
         ),
@@ -221,7 +227,8 @@ fn mmio_write_carries_the_value_and_retry_reexecutes() {
             n,
             RunRequest {
                 flags: COMPLETE,
-                data: 1
+                data: 1,
+                pending: 0,
             },
             &hal
         ),
@@ -240,7 +247,8 @@ fn mmio_write_carries_the_value_and_retry_reexecutes() {
             n,
             RunRequest {
                 flags: COMPLETE,
-                data: 0
+                data: 0,
+                pending: 0,
             },
             &hal
         ),
