@@ -12,11 +12,12 @@
 //! |------|--------------|
 //! | IRQ, FIQ (the host's interrupts) | exit `INTERRUPTED` |
 //! | HVC, SMC (AArch64) | the pKVM guest ABI ([`crate::guest_abi`]); an SMC is first stepped over |
-//! | WFI | step over, exit `HALT`; WFE: step over, resume |
+//! | WFI, PSCI CPU_SUSPEND | step over; resume if an interrupt is pending or the timer fires, else exit `HALT` with the timer's deadline; WFE: step over, resume |
+//! | `MSR ICC_SGI1R_EL1` | the SGI becomes pending on its targets; exit `KICK` with the other targets, else resume (`ICC_ASGI1R_EL1`, `ICC_SGI0R_EL1`: ignored) |
 //! | stage-2 abort on guest memory | resume (the mapping appeared meanwhile: retry) |
 //! | stage-2 data abort the VM may show the host as MMIO, syndrome valid | exit `MMIO`; the access stays pending until the next `VCPU_RUN` |
 //! | any other stage-2 abort | exit `MEM_FAULT`; if the host runs the vCPU again without mapping the IPA, a synchronous external abort is injected (data or prefetch, as KVM does for an access outside every memslot) |
-//! | anything else (trapped system register, AArch32 HVC, unknown) | an undefined-instruction exception is injected; resume |
+//! | anything else (another trapped system register, AArch32 HVC, unknown) | an undefined-instruction exception is injected; resume |
 //!
 //! Injected exceptions follow the architecture's exception entry to EL1
 //! (KVM's `inject_abt64` / `inject_undef64`): `ESR_EL1`, `FAR_EL1` for
@@ -29,7 +30,8 @@ use crate::addr::Ipa;
 use crate::guest_abi::{self, classify_guest_abort, AbortAction, GuestAbort, GuestOutcome};
 use crate::hal::Hal;
 use crate::mem_protect::{MemProtect, VmHandle};
-use crate::vm::{VcpuContext, VmTable, RESET_PSTATE};
+use crate::vgic::{self, SgiRequest};
+use crate::vm::{Vcpu, VcpuContext, VmTable, RESET_PSTATE};
 
 /// Exception vector offsets as `guest_enter` reports them: lower EL,
 /// AArch64, synchronous.
@@ -57,7 +59,27 @@ pub mod ec {
     pub const DABT_LOW: u64 = 0x24;
     /// Data abort from the current EL.
     pub const DABT_CUR: u64 = 0x25;
+    /// Trapped `MSR`/`MRS` (AArch64 system register access).
+    pub const SYSREG: u64 = 0x18;
 }
+
+/// A trapped system register access's ISS without `Rt` and direction:
+/// Op0, Op2, Op1, CRn, CRm in their ISS positions.
+const ISS_SYSREG_MASK: u64 = 0x3f_fc1e;
+const ISS_SYSREG_READ: u64 = 1;
+const ISS_SYSREG_RT_SHIFT: u32 = 5;
+
+/// The ISS encoding (masked with [`ISS_SYSREG_MASK`]) of a system register.
+const fn sysreg_iss(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
+    op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | crm << 1
+}
+
+/// `ICC_SGI1R_EL1`: a group 1 SGI.
+const ICC_SGI1R_EL1: u64 = sysreg_iss(3, 0, 12, 11, 5);
+/// `ICC_ASGI1R_EL1`: a group 1 SGI for the other security state.
+const ICC_ASGI1R_EL1: u64 = sysreg_iss(3, 0, 12, 11, 6);
+/// `ICC_SGI0R_EL1`: a group 0 SGI.
+const ICC_SGI0R_EL1: u64 = sysreg_iss(3, 0, 12, 11, 7);
 
 const ESR_EC_SHIFT: u32 = 26;
 const ESR_IL: u64 = 1 << 25;
@@ -92,6 +114,8 @@ pub struct GuestTrap {
     /// The faulting IPA (`HPFAR_EL2` and `FAR_EL2`'s page offset), for
     /// stage-2 aborts.
     pub ipa: u64,
+    /// The virtual counter (`CNTVCT_EL0`) when the guest stopped.
+    pub now: u64,
 }
 
 /// A guest data access the host emulates: decoded from a valid data-abort
@@ -311,6 +335,19 @@ pub fn inject_undef(ctx: &mut VcpuContext, il32: bool) {
     enter_el1(ctx, ec::UNKNOWN << ESR_EC_SHIFT | il, None, None);
 }
 
+/// A vCPU waiting for an interrupt (WFI, CPU_SUSPEND): if one is already
+/// pending for it, or its timer fires, it runs on; otherwise it exits
+/// `HALT` with its timer's deadline for the host to sleep until.
+fn halt_or_resume(vcpu: &Vcpu, now: u64) -> ExitAction {
+    let ctx = &vcpu.ctx;
+    if vgic::should_wake(&ctx.gic, &ctx.timer, vcpu.irq_pending, now) {
+        ExitAction::Resume
+    } else {
+        let deadline = vgic::timer_deadline(&ctx.timer);
+        ExitAction::Exit([ret::SUCCESS, exit::HALT, deadline, 0])
+    }
+}
+
 /// What the glue does after a trap.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ExitAction {
@@ -364,7 +401,7 @@ pub fn handle_guest_exit<H: Hal + ?Sized>(
             vcpu.ctx.x[..4].copy_from_slice(&outcome.regs());
             match outcome {
                 GuestOutcome::Return(_) => ExitAction::Resume,
-                GuestOutcome::Halt(_) => ExitAction::Exit([ret::SUCCESS, exit::HALT, 0, 0]),
+                GuestOutcome::Halt(_) => halt_or_resume(vcpu, trap.now),
                 GuestOutcome::ExitToHost { exit, .. } => {
                     let [code, a, b] = exit.to_regs();
                     ExitAction::Exit([ret::SUCCESS, code, a, b])
@@ -379,7 +416,32 @@ pub fn handle_guest_exit<H: Hal + ?Sized>(
             if trap.esr & ISS_WFX_TI_WFE != 0 {
                 ExitAction::Resume
             } else {
-                ExitAction::Exit([ret::SUCCESS, exit::HALT, 0, 0])
+                halt_or_resume(vcpu, trap.now)
+            }
+        }
+        ec::SYSREG => {
+            let iss = trap.esr & ISS_SYSREG_MASK;
+            let read = trap.esr & ISS_SYSREG_READ != 0;
+            let rt = (trap.esr >> ISS_SYSREG_RT_SHIFT & 0x1f) as usize;
+            let sgi = matches!(iss, ICC_SGI1R_EL1 | ICC_ASGI1R_EL1 | ICC_SGI0R_EL1);
+            let Some(vcpu) = vm.vcpu_mut(index) else {
+                return INTERNAL;
+            };
+            if !sgi || read {
+                inject_undef(&mut vcpu.ctx, il32);
+                return ExitAction::Resume;
+            }
+            // Rt = 31 is XZR.
+            let value = vcpu.ctx.x.get(rt).copied().unwrap_or(0);
+            step_over(&mut vcpu.ctx, il32);
+            // Guests have no group 0 and one security state: only group 1
+            // SGIs are delivered; the other two registers ignore writes.
+            if iss != ICC_SGI1R_EL1 {
+                return ExitAction::Resume;
+            }
+            match vm.send_sgi(index, &SgiRequest::decode(value)) {
+                0 => ExitAction::Resume,
+                kick => ExitAction::Exit([ret::SUCCESS, exit::KICK, kick, 0]),
             }
         }
         ec::DABT_LOW | ec::IABT_LOW => {

@@ -70,6 +70,7 @@ pub mod mem_protect;
 pub mod payload;
 pub mod stage2;
 pub mod uart;
+pub mod vgic;
 pub mod vm;
 
 #[cfg(test)]

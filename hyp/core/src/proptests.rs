@@ -857,7 +857,7 @@ proptest! {
         const VBAR: u64 = 0x8000_4000;
         for (protected, vector, esr, ipa, (flags, data), regs) in &steps {
             let h = if *protected { p } else { n };
-            let run = RunRequest { flags: *flags & abi::run_flag::ALL, data: if flags & 2 != 0 { *data } else { 0 }, pending: 0 };
+            let run = RunRequest { flags: *flags & abi::run_flag::ALL, data: if flags & 2 != 0 { *data } else { 0 }, pending: u128::from(*data) << (flags & 64) };
             let before = full_snapshot(&mp, &vms, &hal);
             if vms.settle_pending(h, 0, run, &hal).is_err() {
                 prop_assert!(full_snapshot(&mp, &vms, &hal) == before, "refused run changed state");
@@ -871,9 +871,17 @@ proptest! {
             ctx.x[..8].copy_from_slice(regs);
             ctx.x[0] = u64::from(psci::VERSION);
             ctx.sys.vbar_el1 = VBAR;
+            // Whatever the guest left in its timer: the hyp's entry work
+            // (timer interrupt, list registers) must not care.
+            ctx.timer.cntv_ctl_el0 = regs[6];
+            ctx.timer.cntv_cval_el0 = regs[7];
+            vms.prepare_entry(h, 0, *ipa, usize::try_from(*flags * 5).unwrap_or(0));
+            let Some(ctx) = vms.loaded_context(h, 0) else {
+                return Err(TestCaseError::fail("ctx"));
+            };
             let pc = ctx.pc;
             let owners: Vec<_> = mp.db().as_slice().iter().map(|m| m.owner()).collect();
-            let trap = GuestTrap { vector: *vector, esr: *esr, far: *ipa ^ 0xffff, ipa: *ipa };
+            let trap = GuestTrap { vector: *vector, esr: *esr, far: *ipa ^ 0xffff, ipa: *ipa, now: *ipa ^ *esr };
             let action = exits::handle_guest_exit(&mut vms, h, 0, trap, &mut mp, &mut hal);
             let after: Vec<_> = mp.db().as_slice().iter().map(|m| m.owner()).collect();
             prop_assert_eq!(owners, after);

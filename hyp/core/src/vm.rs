@@ -72,6 +72,7 @@ use crate::guest_abi::MmioGuardSet;
 use crate::hal::{Hal, PageAllocator};
 use crate::mem_protect::{GuestMem, MemProtect, MemProtectError, VmHandle};
 use crate::stage2::Vmid;
+use crate::vgic::GicCpuState;
 
 /// Number of VM slots.
 pub const MAX_VMS: usize = 8;
@@ -240,8 +241,9 @@ pub struct FpState {
 /// | 480    | 512  | `fp.vregs`         |
 /// | 992    | 8    | `fp.fpsr`          |
 /// | 1000   | 8    | `fp.fpcr`          |
+/// | 1008   | 152  | `gic` ([`GicCpuState`], not touched by assembly) |
 ///
-/// Size 1008, alignment 16 (see [`ctx_offset`]).
+/// Size 1168 (with padding), alignment 16 (see [`ctx_offset`]).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct VcpuContext {
@@ -263,6 +265,8 @@ pub struct VcpuContext {
     pub timer: VtimerState,
     /// FP/SIMD.
     pub fp: FpState,
+    /// The GIC's virtual CPU interface.
+    pub gic: GicCpuState,
 }
 
 /// Byte offsets into [`VcpuContext`] for the world-switch assembly.
@@ -293,7 +297,7 @@ pub mod ctx_offset {
     /// `fp.fpcr`.
     pub const FPCR: usize = 1000;
     /// Size of the context.
-    pub const SIZE: usize = 1008;
+    pub const SIZE: usize = 1168;
 }
 
 const _: () = {
@@ -359,6 +363,7 @@ impl VcpuContext {
             fpsr: 0,
             fpcr: 0,
         },
+        gic: GicCpuState::RESET,
     };
 
     /// The state of a vCPU after reset (KVM's `kvm_reset_vcpu`): every
@@ -534,6 +539,9 @@ pub struct Vcpu {
     has_run: bool,
     /// What the last exit left for the host to answer.
     pub(crate) pending: Option<PendingExit>,
+    /// INTIDs waiting for a list register (bit n = INTID n): from the
+    /// host's `VCPU_RUN` and other vCPUs' SGIs.
+    pub(crate) irq_pending: u128,
 }
 
 impl Vcpu {
@@ -549,6 +557,7 @@ impl Vcpu {
             loaded: false,
             has_run: false,
             pending: None,
+            irq_pending: 0,
         }
     }
 
@@ -731,6 +740,26 @@ impl Vm {
 
     pub(crate) fn vcpu_mut(&mut self, index: usize) -> Option<&mut Vcpu> {
         self.vcpus.get_mut(index)?.as_mut()
+    }
+
+    /// vCPU `sender` wrote `ICC_SGI1R_EL1`: the SGI becomes pending on each
+    /// target (the sender included, if it names itself). Returns the mask
+    /// of other vCPUs' indices the host must wake ([`abi::exit::KICK`]).
+    pub(crate) fn send_sgi(&mut self, sender: usize, req: &crate::vgic::SgiRequest) -> u64 {
+        let Some(from) = self.vcpu(sender).map(Vcpu::mpidr) else {
+            return 0;
+        };
+        let mut kick = 0u64;
+        for (index, vcpu) in self.vcpus.iter_mut().enumerate() {
+            let Some(vcpu) = vcpu else { continue };
+            if req.targets(vcpu.mpidr, from) {
+                vcpu.irq_pending |= 1 << req.intid;
+                if index != sender && index < 64 {
+                    kick |= 1 << index;
+                }
+            }
+        }
+        kick
     }
 
     /// Whether `ipa` is guest memory (mapped in the guest's stage-2).
@@ -1286,7 +1315,25 @@ impl VmTable {
         let (_, vcpu) = Self::vcpu_of(vm, index)?;
         let pending = vcpu.pending.take();
         exits::settle_pending(&mut vcpu.ctx, pending, run, still_unmapped);
+        vcpu.irq_pending |= run.pending & crate::vgic::ALL_INTIDS;
         Ok(())
+    }
+
+    /// Just before loaded vCPU `index` enters the guest, at counter value
+    /// `now`, with `nr_lrs` list registers: its timer's interrupt and what
+    /// is pending go into its list registers ([`crate::vgic::prepare_entry`]).
+    pub fn prepare_entry(&mut self, handle: VmHandle, index: usize, now: u64, nr_lrs: usize) {
+        if let Some(vcpu) = self.get_mut(handle).and_then(|vm| vm.vcpu_mut(index)) {
+            if vcpu.loaded {
+                crate::vgic::prepare_entry(
+                    &mut vcpu.ctx.gic,
+                    &mut vcpu.ctx.timer,
+                    &mut vcpu.irq_pending,
+                    now,
+                    nr_lrs,
+                );
+            }
+        }
     }
 
     /// Loads vCPU `index` to run it: a pending CPU_ON resets it to the

@@ -38,6 +38,7 @@ pub fn run_vcpu(handle: VmHandle, index: usize, run: RunRequest) -> [u64; 4] {
         // A fresh pointer each time round: the table is only reached
         // through the lock, and nothing holds a reference into it now.
         let ctx = with_vms(|_, vms, _| {
+            vms.prepare_entry(handle, index, arch::counter_now(), arch::nr_lrs());
             vms.loaded_context(handle, index)
                 .map(|c| c as *mut VcpuContext)
         });

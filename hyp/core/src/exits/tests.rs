@@ -34,6 +34,7 @@ fn sync(esr: u64, ipa: u64) -> GuestTrap {
         esr,
         far: 0xffff_0000_dead_b000 | (ipa & 0xfff),
         ipa,
+        now: 0,
     }
 }
 
@@ -373,17 +374,18 @@ fn hvc_wfx_interrupts_and_the_rest() {
     let smc = sync(ec::SMC64 << ESR_EC_SHIFT | ESR_IL, 0);
     assert_eq!(r.exit(p, smc, &mut hal), ExitAction::Resume);
     assert_eq!((r.ctx(p).x[0], r.ctx(p).pc), (4096, PC + 4));
-    // WFI halts, WFE does not; both step over.
+    // WFI halts (no timer: no deadline), WFE does not; both step over.
     let wfi = sync(ec::WFX << ESR_EC_SHIFT | ESR_IL, 0);
     assert_eq!(
         r.exit(p, wfi, &mut hal),
-        ExitAction::Exit([ret::SUCCESS, exit::HALT, 0, 0])
+        ExitAction::Exit([ret::SUCCESS, exit::HALT, abi::vgic::NO_DEADLINE, 0])
     );
     assert_eq!(r.ctx(p).pc, PC + 8);
     let wfe = sync(ec::WFX << ESR_EC_SHIFT | ESR_IL | ISS_WFX_TI_WFE, 0);
     assert_eq!(r.exit(p, wfe, &mut hal), ExitAction::Resume);
     assert_eq!(r.ctx(p).pc, PC + 12);
-    // A trapped system register (EC 0x18): undef injected, guest resumes.
+    // A trapped system register (EC 0x18) other than the SGI registers:
+    // undef injected, guest resumes.
     let before = r.ctx(p).pc;
     let sysreg = sync(0x18 << ESR_EC_SHIFT | ESR_IL | 0x30_0000, 0);
     assert_eq!(r.exit(p, sysreg, &mut hal), ExitAction::Resume);
@@ -403,4 +405,121 @@ fn hvc_wfx_interrupts_and_the_rest() {
     assert!(
         matches!(r.exit(p, serror, &mut hal), ExitAction::Exit([x0, ..]) if x0 == ret::INVALID_PARAMETER)
     );
+}
+
+#[test]
+fn wfi_wakes_on_pending_interrupts_and_halts_until_the_timer() {
+    use crate::vgic::{cntv_ctl, make_lr};
+    let (mut mem, mut metas) = (tu::memory(), tu::metas());
+    let mut hal = tu::hal(&mut mem);
+    let mut r = rig(&mut metas, &mut hal);
+    let p = r.p;
+    let wfi = |now| GuestTrap {
+        now,
+        ..sync(ec::WFX << ESR_EC_SHIFT | ESR_IL, 0)
+    };
+    // An armed timer: halt until its deadline; once due, run on.
+    r.ctx(p).timer.cntv_ctl_el0 = cntv_ctl::ENABLE;
+    r.ctx(p).timer.cntv_cval_el0 = 5000;
+    assert_eq!(
+        r.exit(p, wfi(10), &mut hal),
+        ExitAction::Exit([ret::SUCCESS, exit::HALT, 5000, 0])
+    );
+    assert_eq!(r.exit(p, wfi(5000), &mut hal), ExitAction::Resume);
+    // Masked: no deadline.
+    r.ctx(p).timer.cntv_ctl_el0 |= cntv_ctl::IMASK;
+    assert!(matches!(
+        r.exit(p, wfi(10), &mut hal),
+        ExitAction::Exit([_, exit::HALT, abi::vgic::NO_DEADLINE, _])
+    ));
+    // A pending list register or a waiting INTID: run on.
+    r.ctx(p).gic.lr[2] = make_lr(40);
+    assert_eq!(r.exit(p, wfi(10), &mut hal), ExitAction::Resume);
+    r.ctx(p).gic.lr[2] = 0;
+    let vcpu = r.vms.get_mut(p).and_then(|vm| vm.vcpu_mut(0));
+    vcpu.expect("vcpu 0").irq_pending = 1 << 33;
+    assert_eq!(r.exit(p, wfi(10), &mut hal), ExitAction::Resume);
+}
+
+#[test]
+fn sgis_reach_their_targets_and_name_the_ones_to_kick() {
+    let (mut mem, mut metas) = (tu::memory(), tu::metas());
+    let mut hal = tu::hal(&mut mem);
+    let mut r = rig(&mut metas, &mut hal);
+    let n = r.n;
+    for i in 1..3 {
+        assert_eq!(r.vms.create_vcpu(n, i, 0), Ok(i));
+    }
+    let pending = |r: &Rig<'_>, i: usize| {
+        r.vms
+            .get(n)
+            .and_then(|vm| vm.vcpu(i))
+            .map(|v| v.irq_pending)
+    };
+    // MSR ICC_SGI1R_EL1, x5: Op0 3, Op1 0, CRn 12, CRm 11, Op2 5, Rt 5.
+    let msr = |rt: u64| {
+        sync(
+            ec::SYSREG << ESR_EC_SHIFT | ESR_IL | ICC_SGI1R_EL1 | rt << ISS_SYSREG_RT_SHIFT,
+            0,
+        )
+    };
+    let pc = r.ctx(n).pc;
+    // SGI 6 to vCPUs 1 and 2 (Aff0 1, 2): both pending, both kicked.
+    r.ctx(n).x[5] = 6 << 24 | 0b110;
+    assert_eq!(
+        handle_guest_exit(&mut r.vms, n, 0, msr(5), &mut r.mp, &mut hal),
+        ExitAction::Exit([ret::SUCCESS, exit::KICK, 0b110, 0])
+    );
+    assert_eq!(r.ctx(n).pc, pc + 4, "stepped over");
+    assert_eq!(
+        (pending(&r, 1), pending(&r, 2)),
+        (Some(1 << 6), Some(1 << 6))
+    );
+    assert_eq!(pending(&r, 0), Some(0));
+    // To itself only: pending, nobody to kick.
+    r.ctx(n).x[5] = 2 << 24 | 0b1;
+    assert_eq!(
+        handle_guest_exit(&mut r.vms, n, 0, msr(5), &mut r.mp, &mut hal),
+        ExitAction::Resume
+    );
+    assert_eq!(pending(&r, 0), Some(1 << 2));
+    // IRM: all but the sender.
+    r.ctx(n).x[7] = 1 << 40 | 9 << 24;
+    assert_eq!(
+        handle_guest_exit(&mut r.vms, n, 0, msr(7), &mut r.mp, &mut hal),
+        ExitAction::Exit([ret::SUCCESS, exit::KICK, 0b110, 0])
+    );
+    assert_eq!(pending(&r, 1), Some(1 << 6 | 1 << 9));
+    // Nobody there (Aff1 = 1): nothing changes.
+    r.ctx(n).x[5] = 1 << 16 | 3 << 24 | 0xffff;
+    assert_eq!(
+        handle_guest_exit(&mut r.vms, n, 0, msr(5), &mut r.mp, &mut hal),
+        ExitAction::Resume
+    );
+    assert_eq!(pending(&r, 2), Some(1 << 6 | 1 << 9));
+    // Reading the write-only register, or another GIC register: undef.
+    let vbar = r.ctx(n).sys.vbar_el1;
+    let read = sync(
+        ec::SYSREG << ESR_EC_SHIFT | ESR_IL | ICC_SGI1R_EL1 | ISS_SYSREG_READ,
+        0,
+    );
+    assert_eq!(
+        handle_guest_exit(&mut r.vms, n, 0, read, &mut r.mp, &mut hal),
+        ExitAction::Resume
+    );
+    assert_eq!(r.ctx(n).pc, vbar + VBAR_CURRENT_SPX);
+    // Group 0 / other security state SGIs are ignored.
+    r.ctx(n).pc = pc;
+    r.ctx(n).x[5] = 4 << 24 | 0b10;
+    for iss in [ICC_ASGI1R_EL1, ICC_SGI0R_EL1] {
+        let t = sync(
+            ec::SYSREG << ESR_EC_SHIFT | ESR_IL | iss | 5 << ISS_SYSREG_RT_SHIFT,
+            0,
+        );
+        assert_eq!(
+            handle_guest_exit(&mut r.vms, n, 0, t, &mut r.mp, &mut hal),
+            ExitAction::Resume
+        );
+    }
+    assert_eq!(pending(&r, 1), Some(1 << 6 | 1 << 9));
 }

@@ -51,7 +51,7 @@ fn context_layout_and_reset_values() {
     assert_eq!(c.pc, 0);
     assert_eq!(c.x, [0; 31]);
     assert_eq!(c.fp, FpState::default());
-    assert_eq!(size_of::<VcpuContext>(), 1008);
+    assert_eq!(size_of::<VcpuContext>(), 1168);
     // KVM's reset_mpidr.
     assert_eq!(mpidr_for_index(0), 0);
     assert_eq!(mpidr_for_index(7), 7);

@@ -12,7 +12,7 @@ global_asm!(include_str!("switch.S"));
 mod stage1;
 mod world;
 pub use stage1::{enable_mmu, S1Attr, Stage1Builder};
-pub use world::run_guest;
+pub use world::{counter_now, nr_lrs, run_guest};
 
 /// CPUs the hyp supports (entry.S checks secondaries against it).
 pub const MAX_CPUS: usize = 8;
@@ -217,6 +217,7 @@ pub fn init_el2_for_host(vttbr: u64, vtcr: u64) {
         write_sysreg!("s3_4_c12_c9_5", sre | 0b1001); // SRE | Enable
         isb();
         write_sysreg!("s3_4_c12_c11_0", 0); // ICH_HCR_EL2
+        world::init_gic_virt();
     }
     // SVE: full vector length for EL1.
     if field(pfr0, 32) != 0 {

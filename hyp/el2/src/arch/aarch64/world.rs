@@ -4,7 +4,10 @@
 
 use core::cell::UnsafeCell;
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use cloister_hyp_core::exits::GuestTrap;
+use cloister_hyp_core::vgic::{GicCpuState, MAX_LRS};
 use cloister_hyp_core::vm::{El1SysRegs, FpState, VcpuContext, VtimerState};
 
 use super::{isb, read_sysreg, write_sysreg, MAX_CPUS};
@@ -176,13 +179,106 @@ fn load_guest(guest: &VcpuContext) {
     write_sysreg!("sp_el1", guest.sp_el1);
     write_sysreg!("elr_el1", guest.elr_el1);
     write_sysreg!("spsr_el1", guest.spsr_el1);
-    // The host's virtual timer stays armed while the guest runs: it is the
-    // host's scheduler tick, and its interrupt (a physical IRQ, so taken to
-    // EL2 while a guest runs) ends the run with INTERRUPTED. Guests get no
-    // timer of their own until they get an interrupt controller; what they
-    // write to CNTV_* is saved on exit and dropped on the next entry.
+    // The virtual timer is the guest's (the host ticks on the physical one,
+    // host patch 0008); its interrupt while the guest runs is a physical
+    // IRQ, taken to EL2, and the next entry injects it (vgic::prepare_entry).
+    write_sysreg!("cntv_cval_el0", guest.timer.cntv_cval_el0);
+    write_sysreg!("cntv_ctl_el0", guest.timer.cntv_ctl_el0);
+    // The physical timer stays the host's: the guest's accesses trap.
+    write_sysreg!("cnthctl_el2", CNTHCTL_EL1PCTEN);
+    load_gic(&guest.gic);
     // SAFETY: reads the vCPU's saved FP state into the register file.
     unsafe { fp_restore(&guest.fp) };
+}
+
+/// CNTHCTL_EL2.EL1PCTEN: EL1 may read the physical counter.
+const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
+/// CNTHCTL_EL2.EL1PCEN: EL1 may use the physical timer (the host only).
+const CNTHCTL_EL1PCEN: u64 = 1 << 1;
+/// ICH_HCR_EL2.En: the virtual CPU interface is on.
+const ICH_HCR_EN: u64 = 1 << 0;
+
+/// List registers this CPU implements (ICH_VTR_EL2.ListRegs + 1), read
+/// once at boot by [`init_gic_virt`]; 0 until then (no list register used).
+static NR_LRS: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how many list registers the GIC's virtual CPU interface has.
+pub fn init_gic_virt() {
+    let vtr = read_sysreg!("s3_4_c12_c11_1"); // ICH_VTR_EL2
+    NR_LRS.store(((vtr & 0x1f) as usize + 1).min(MAX_LRS), Ordering::Relaxed);
+}
+
+/// List registers in use (for `vgic::prepare_entry`).
+pub fn nr_lrs() -> usize {
+    NR_LRS.load(Ordering::Relaxed)
+}
+
+/// The virtual counter now (CNTVOFF_EL2 is 0: the physical count).
+pub fn counter_now() -> u64 {
+    read_sysreg!("cntvct_el0")
+}
+
+macro_rules! lr_access {
+    ($n:expr, $value:ident, $op:ident) => {
+        match $n {
+            0 => $op!("s3_4_c12_c12_0", $value),
+            1 => $op!("s3_4_c12_c12_1", $value),
+            2 => $op!("s3_4_c12_c12_2", $value),
+            3 => $op!("s3_4_c12_c12_3", $value),
+            4 => $op!("s3_4_c12_c12_4", $value),
+            5 => $op!("s3_4_c12_c12_5", $value),
+            6 => $op!("s3_4_c12_c12_6", $value),
+            7 => $op!("s3_4_c12_c12_7", $value),
+            8 => $op!("s3_4_c12_c13_0", $value),
+            9 => $op!("s3_4_c12_c13_1", $value),
+            10 => $op!("s3_4_c12_c13_2", $value),
+            11 => $op!("s3_4_c12_c13_3", $value),
+            12 => $op!("s3_4_c12_c13_4", $value),
+            13 => $op!("s3_4_c12_c13_5", $value),
+            14 => $op!("s3_4_c12_c13_6", $value),
+            _ => $op!("s3_4_c12_c13_7", $value),
+        }
+    };
+}
+
+macro_rules! lr_write {
+    ($reg:literal, $value:ident) => {
+        write_sysreg!($reg, $value)
+    };
+}
+
+macro_rules! lr_read {
+    ($reg:literal, $value:ident) => {
+        $value = read_sysreg!($reg)
+    };
+}
+
+/// Loads the guest's virtual CPU interface and turns it on.
+fn load_gic(gic: &GicCpuState) {
+    for (n, lr) in gic.lr.iter().enumerate().take(nr_lrs()) {
+        let value = *lr;
+        lr_access!(n, value, lr_write);
+    }
+    write_sysreg!("s3_4_c12_c11_7", gic.vmcr); // ICH_VMCR_EL2
+    write_sysreg!("s3_4_c12_c8_0", gic.ap0r0); // ICH_AP0R0_EL2
+    write_sysreg!("s3_4_c12_c9_0", gic.ap1r0); // ICH_AP1R0_EL2
+    write_sysreg!("s3_4_c12_c11_0", ICH_HCR_EN); // ICH_HCR_EL2
+}
+
+/// Saves the guest's virtual CPU interface and turns it off, so nothing of
+/// the guest's is signalled while the host runs.
+fn save_gic(gic: &mut GicCpuState) {
+    for n in 0..nr_lrs() {
+        let value: u64;
+        lr_access!(n, value, lr_read);
+        gic.lr[n] = value;
+        let zero = 0u64;
+        lr_access!(n, zero, lr_write);
+    }
+    gic.vmcr = read_sysreg!("s3_4_c12_c11_7");
+    gic.ap0r0 = read_sysreg!("s3_4_c12_c8_0");
+    gic.ap1r0 = read_sysreg!("s3_4_c12_c9_0");
+    write_sysreg!("s3_4_c12_c11_0", 0);
 }
 
 fn save_guest(guest: &mut VcpuContext) {
@@ -192,6 +288,11 @@ fn save_guest(guest: &mut VcpuContext) {
     guest.spsr_el1 = read_sysreg!("spsr_el1");
     guest.timer.cntv_ctl_el0 = read_sysreg!("cntv_ctl_el0");
     guest.timer.cntv_cval_el0 = read_sysreg!("cntv_cval_el0");
+    // Off until the host's own value is back (restore_host): the guest's
+    // timer must not interrupt the host.
+    write_sysreg!("cntv_ctl_el0", 0);
+    write_sysreg!("cnthctl_el2", CNTHCTL_EL1PCTEN | CNTHCTL_EL1PCEN);
+    save_gic(&mut guest.gic);
     // SAFETY: writes the register file into the vCPU's context.
     unsafe { fp_save(&mut guest.fp) };
 }
@@ -225,6 +326,7 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     let esr = read_sysreg!("esr_el2");
     let far = read_sysreg!("far_el2");
     let hpfar = read_sysreg!("hpfar_el2");
+    let now = counter_now();
 
     write_sysreg!("hcr_el2", host_hcr);
     write_sysreg!("vttbr_el2", host_vttbr);
@@ -240,5 +342,6 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
         esr,
         far,
         ipa: ((hpfar & 0x0000_0fff_ffff_fff0) << 8) | (far & 0xfff),
+        now,
     }
 }
