@@ -172,6 +172,11 @@ pub mod hc {
     /// `x3` = live VMs. Equal digests before and after a refused call show
     /// it changed nothing.
     pub const OWNERSHIP_DIGEST: u32 = hc(0xb1);
+    /// Debug: `VM_STATS(handle)` → `x1` = traps from the VM's vCPUs into
+    /// the hyp, `x2` = how many of them ended `VCPU_RUN` (exits to the
+    /// host), `x3` = SGIs its vCPUs sent. For `cargo xtask bench io`'s
+    /// transitions per request.
+    pub const VM_STATS: u32 = hc(0xb2);
 }
 
 /// The hypervisor's release version (major, minor, patch): the crate
@@ -595,6 +600,12 @@ pub const HOST_CALLS: &[CallDesc] = &[
         args: &[],
         results: &["digest", "pages_not_host", "live_vms"],
     },
+    CallDesc {
+        name: "VM_STATS",
+        id: hc::VM_STATS,
+        args: &["handle"],
+        results: &["guest_traps", "host_exits", "sgis"],
+    },
 ];
 
 /// `x0` status codes, for the C header.
@@ -935,7 +946,7 @@ mod tests {
             let debug = number >= u32::from(FUNC_NUM_DEBUG_FIRST);
             assert_eq!(
                 debug,
-                matches!(call.name, "PAGE_OWNER" | "OWNERSHIP_DIGEST"),
+                matches!(call.name, "PAGE_OWNER" | "OWNERSHIP_DIGEST" | "VM_STATS"),
                 "{}",
                 call.name
             );

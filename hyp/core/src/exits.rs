@@ -360,8 +360,34 @@ pub enum ExitAction {
 const INTERNAL: ExitAction = ExitAction::Exit([ret::INVALID_PARAMETER, abi::err::INTERNAL, 0, 0]);
 
 /// Handles a trap from vCPU `index` of `handle`, which is loaded (the glue
-/// has stopped it and saved its context into the table).
+/// has stopped it and saved its context into the table), and counts it
+/// (`VM_STATS`).
 pub fn handle_guest_exit<H: Hal + ?Sized>(
+    vms: &mut VmTable,
+    handle: VmHandle,
+    index: usize,
+    trap: GuestTrap,
+    mem: &mut MemProtect<'_>,
+    hal: &mut H,
+) -> ExitAction {
+    let action = decide_guest_exit(vms, handle, index, trap, mem, hal);
+    if let Some(vm) = vms.get_mut(handle) {
+        let stats = &mut vm.stats;
+        stats.guest_traps = stats.guest_traps.wrapping_add(1);
+        if let ExitAction::Exit(_) = action {
+            stats.host_exits = stats.host_exits.wrapping_add(1);
+        }
+        if trap.vector == VECTOR_LOWER_SYNC
+            && trap.esr >> ESR_EC_SHIFT & 0x3f == ec::SYSREG
+            && trap.esr & (ISS_SYSREG_MASK | ISS_SYSREG_READ) == ICC_SGI1R_EL1
+        {
+            stats.sgis = stats.sgis.wrapping_add(1);
+        }
+    }
+    action
+}
+
+fn decide_guest_exit<H: Hal + ?Sized>(
     vms: &mut VmTable,
     handle: VmHandle,
     index: usize,

@@ -159,6 +159,11 @@ pub enum HostCall {
     },
     /// Debug: `OWNERSHIP_DIGEST()`.
     OwnershipDigest,
+    /// Debug: `VM_STATS(handle)`.
+    VmStats {
+        /// The VM.
+        handle: u64,
+    },
 }
 
 /// What to do with a host call's result.
@@ -379,6 +384,10 @@ pub fn decode_host_call(regs: &[u64; 8]) -> Result<HostCall, DecodeError> {
             reserved_zero(regs, 0)?;
             HostCall::OwnershipDigest
         }
+        hc::VM_STATS => {
+            reserved_zero(regs, 1)?;
+            HostCall::VmStats { handle: regs[1] }
+        }
         _ => return Err(unknown),
     };
     Ok(call)
@@ -503,6 +512,10 @@ pub fn handle_host_call<H: Hal + ?Sized>(
                 u64::try_from(live).unwrap_or(u64::MAX),
             ]
         }
+        HostCall::VmStats { handle } => match vms.resolve(handle).and_then(|h| vms.stats(h)) {
+            Ok(s) => [ret::SUCCESS, s.guest_traps, s.host_exits, s.sgis],
+            Err(e) => e.to_regs(),
+        },
         _ => handle_mem_call(call, state, hal),
     };
     HostOutcome::Return(regs)
@@ -562,6 +575,7 @@ fn handle_mem_call<H: Hal + ?Sized>(
         | HostCall::VcpuGetReg { .. }
         | HostCall::VcpuRun { .. }
         | HostCall::OwnershipDigest
+        | HostCall::VmStats { .. }
         | HostCall::VmTeardown { .. }
         | HostCall::VmReclaim { .. }
         | HostCall::VmReclaimPage { .. } => [ret::NOT_SUPPORTED, abi::err::INTERNAL, 0, 0],
@@ -689,6 +703,7 @@ mod tests {
                 },
             ),
             (hc::OWNERSHIP_DIGEST, HostCall::OwnershipDigest),
+            (hc::VM_STATS, HostCall::VmStats { handle: 7 }),
             (hc::VM_TEARDOWN, HostCall::VmTeardown { handle: 7 }),
             (hc::VM_RECLAIM, HostCall::VmReclaim { handle: 7 }),
             (

@@ -685,6 +685,18 @@ pub struct Vm {
     pub(crate) mem: Option<GuestMem>,
     pub(crate) mmio_guard: MmioGuardSet,
     pub(crate) vcpus: [Option<Vcpu>; MAX_VCPUS],
+    pub(crate) stats: VmStats,
+}
+
+/// What a VM's vCPUs cost in transitions (`VM_STATS`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct VmStats {
+    /// Traps from the guest into the hyp.
+    pub guest_traps: u64,
+    /// Those that ended `VCPU_RUN`: exits to the host.
+    pub host_exits: u64,
+    /// SGIs the guest sent.
+    pub sgis: u64,
 }
 
 impl Vm {
@@ -695,6 +707,11 @@ impl Vm {
         mem: None,
         mmio_guard: MmioGuardSet::new(),
         vcpus: [const { None }; MAX_VCPUS],
+        stats: VmStats {
+            guest_traps: 0,
+            host_exits: 0,
+            sgis: 0,
+        },
     };
 
     /// The VM's handle.
@@ -978,6 +995,18 @@ impl VmTable {
         matches!(vm.state, VmState::Live | VmState::Dying).then_some(index)
     }
 
+    /// A live or dying VM's transition counts (`VM_STATS`).
+    ///
+    /// # Errors
+    /// `NoSuchVm`.
+    pub fn stats(&self, handle: VmHandle) -> Result<VmStats, VmError> {
+        self.get(handle)
+            .map(|vm| vm.stats)
+            .ok_or(VmError::NoSuchVm {
+                handle: u64::from(handle.raw()),
+            })
+    }
+
     /// Turns a hostile `u64` into the handle of a live or dying VM.
     ///
     /// # Errors
@@ -1080,6 +1109,7 @@ impl VmTable {
         vm.kind = kind;
         vm.mem = Some(mem);
         vm.mmio_guard.clear();
+        vm.stats = VmStats::default();
         for vcpu in &mut vm.vcpus {
             *vcpu = None;
         }
