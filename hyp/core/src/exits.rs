@@ -13,6 +13,7 @@
 //! | IRQ, FIQ (the host's interrupts) | exit `INTERRUPTED` |
 //! | HVC, SMC (AArch64) | the pKVM guest ABI ([`crate::guest_abi`]); an SMC is first stepped over |
 //! | WFI, PSCI CPU_SUSPEND | step over; resume if an interrupt is pending or the timer fires, else exit `HALT` with the timer's deadline; WFE: step over, resume |
+//! | debug, OS-lock, PMU and `CNTP_*` registers (trapped by MDCR_EL2 / CNTHCTL_EL2) | read as zero, writes ignored; step over |
 //! | `MSR ICC_SGI1R_EL1` | the SGI becomes pending on its targets; exit `KICK` with the other targets, else resume (`ICC_ASGI1R_EL1`, `ICC_SGI0R_EL1`: ignored) |
 //! | stage-2 abort on guest memory | resume (the mapping appeared meanwhile: retry) |
 //! | stage-2 data abort the VM may show the host as MMIO, syndrome valid | exit `MMIO`; the access stays pending until the next `VCPU_RUN` |
@@ -72,6 +73,36 @@ const ISS_SYSREG_RT_SHIFT: u32 = 5;
 /// The ISS encoding (masked with [`ISS_SYSREG_MASK`]) of a system register.
 const fn sysreg_iss(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
     op0 << 20 | op2 << 17 | op1 << 14 | crn << 10 | crm << 1
+}
+
+/// What a guest's trapped access to a system register other than the SGI
+/// registers gets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SysregTrap {
+    /// Reads as zero, writes ignored: the debug and OS-lock registers
+    /// (Op0 2), the PMU (`PM*`) and the EL1 physical timer (`CNTP_*`),
+    /// which stay the host's. Linux touches some at boot (`MDSCR_EL1` in
+    /// `__cpu_setup`, `OSLAR_EL1`, `PMUSERENR_EL0`) and must not die for
+    /// it; pKVM gives protected guests the same answer for debug.
+    RazWi,
+    /// Anything else: an undefined-instruction exception.
+    Undef,
+}
+
+/// Classifies a trapped system register by its ISS (Op0, Op1, CRn, CRm).
+pub fn classify_sysreg(iss: u64) -> SysregTrap {
+    let op0 = iss >> 20 & 3;
+    let op1 = iss >> 14 & 7;
+    let crn = iss >> 10 & 0xf;
+    let crm = iss >> 1 & 0xf;
+    let pmu = op0 == 3 && crn == 9 && (12..=14).contains(&crm);
+    let pmu_event = op0 == 3 && op1 == 3 && crn == 14 && crm >= 8;
+    let cntp = op0 == 3 && op1 == 3 && crn == 14 && crm == 2;
+    if op0 == 2 || pmu || pmu_event || cntp {
+        SysregTrap::RazWi
+    } else {
+        SysregTrap::Undef
+    }
 }
 
 /// `ICC_SGI1R_EL1`: a group 1 SGI.
@@ -453,7 +484,19 @@ fn decide_guest_exit<H: Hal + ?Sized>(
             let Some(vcpu) = vm.vcpu_mut(index) else {
                 return INTERNAL;
             };
-            if !sgi || read {
+            if !sgi {
+                match classify_sysreg(iss) {
+                    SysregTrap::RazWi => {
+                        if read && rt < 31 {
+                            vcpu.ctx.x[rt] = 0;
+                        }
+                        step_over(&mut vcpu.ctx, il32);
+                    }
+                    SysregTrap::Undef => inject_undef(&mut vcpu.ctx, il32),
+                }
+                return ExitAction::Resume;
+            }
+            if read {
                 inject_undef(&mut vcpu.ctx, il32);
                 return ExitAction::Resume;
             }

@@ -532,3 +532,54 @@ fn sgis_reach_their_targets_and_name_the_ones_to_kick() {
         })
     );
 }
+
+#[test]
+fn debug_pmu_and_physical_timer_registers_read_as_zero_and_ignore_writes() {
+    let (mut mem, mut metas) = (tu::memory(), tu::metas());
+    let mut hal = tu::hal(&mut mem);
+    let mut r = rig(&mut metas, &mut hal);
+    let p = r.p;
+    let access = |op0, op1, crn, crm, op2, rt: u64, read: bool| {
+        let dir = if read { ISS_SYSREG_READ } else { 0 };
+        sync(
+            ec::SYSREG << ESR_EC_SHIFT
+                | ESR_IL
+                | sysreg_iss(op0, op1, crn, crm, op2)
+                | rt << ISS_SYSREG_RT_SHIFT
+                | dir,
+            0,
+        )
+    };
+    for (name, op0, op1, crn, crm, op2) in [
+        ("MDSCR_EL1", 2, 0, 0, 2, 2),
+        ("OSLAR_EL1", 2, 0, 1, 0, 4),
+        ("OSDLR_EL1", 2, 0, 1, 3, 4),
+        ("DBGBCR0_EL1", 2, 0, 0, 0, 5),
+        ("PMCR_EL0", 3, 3, 9, 12, 0),
+        ("PMUSERENR_EL0", 3, 3, 9, 14, 0),
+        ("PMINTENSET_EL1", 3, 0, 9, 14, 1),
+        ("PMEVCNTR3_EL0", 3, 3, 14, 8, 3),
+        ("CNTP_CTL_EL0", 3, 3, 14, 2, 1),
+    ] {
+        let iss = sysreg_iss(op0, op1, crn, crm, op2);
+        assert_eq!(classify_sysreg(iss), SysregTrap::RazWi, "{name}");
+        let pc = r.ctx(p).pc;
+        r.ctx(p).x[3] = 0xdead;
+        let read = access(op0, op1, crn, crm, op2, 3, true);
+        assert_eq!(r.exit(p, read, &mut hal), ExitAction::Resume, "{name}");
+        assert_eq!((r.ctx(p).x[3], r.ctx(p).pc), (0, pc + 4), "{name} reads 0");
+        r.ctx(p).x[3] = 0xbeef;
+        let write = access(op0, op1, crn, crm, op2, 3, false);
+        assert_eq!(r.exit(p, write, &mut hal), ExitAction::Resume, "{name}");
+        assert_eq!(
+            (r.ctx(p).x[3], r.ctx(p).pc),
+            (0xbeef, pc + 8),
+            "{name} write"
+        );
+    }
+    // An IMPDEF register (TIDCP) or the virtual timer's neighbours: undef.
+    for (op0, op1, crn, crm, op2) in [(3, 0, 15, 0, 0), (3, 3, 14, 0, 1), (3, 0, 1, 0, 1)] {
+        let iss = sysreg_iss(op0, op1, crn, crm, op2);
+        assert_eq!(classify_sysreg(iss), SysregTrap::Undef, "{iss:#x}");
+    }
+}

@@ -152,6 +152,13 @@ const MDCR_GUEST_TRAPS: u64 = (1 << 5) // TPMCR
     | (1 << 10) // TDOSA
     | (1 << 11); // TDRA
 
+/// CPTR_EL2 bits set while a guest runs: SVE and SME trap (and become
+/// undefined-instruction exceptions): the world switch moves only the
+/// FP/SIMD registers, so the wider SVE/SME state would pass between host
+/// and guest.
+const CPTR_GUEST_TRAPS: u64 = (1 << 8) // TZ
+    | (1 << 12); // TSM
+
 fn save_host(host: &mut HostEl1) {
     save_el1(&mut host.sys);
     host.sp_el1 = read_sysreg!("sp_el1");
@@ -315,6 +322,8 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     let host_vmpidr = read_sysreg!("vmpidr_el2");
     let host_mdcr = read_sysreg!("mdcr_el2");
     write_sysreg!("mdcr_el2", host_mdcr | MDCR_GUEST_TRAPS);
+    let host_cptr = read_sysreg!("cptr_el2");
+    write_sysreg!("cptr_el2", host_cptr | CPTR_GUEST_TRAPS);
     write_sysreg!("vmpidr_el2", vmpidr);
     write_sysreg!("vttbr_el2", vttbr);
     write_sysreg!("hcr_el2", HCR_GUEST);
@@ -332,6 +341,7 @@ pub unsafe fn run_guest(ctx: *mut VcpuContext, vttbr: u64, vmpidr: u64) -> Guest
     write_sysreg!("vttbr_el2", host_vttbr);
     write_sysreg!("vmpidr_el2", host_vmpidr);
     write_sysreg!("mdcr_el2", host_mdcr);
+    write_sysreg!("cptr_el2", host_cptr);
     // SAFETY: as above; guest_enter has returned, so no one else writes it.
     let (host, guest) = unsafe { (&mut (*pcpu).host, &mut *ctx) };
     save_guest(guest);
