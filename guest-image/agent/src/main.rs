@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 #[cfg(target_arch = "aarch64")]
 mod direct_io;
+#[cfg(target_arch = "aarch64")]
 mod probe;
 #[cfg(target_arch = "aarch64")]
 mod vms;
