@@ -94,6 +94,8 @@ const GATES: &[(&str, &[&str])] = &[
             "-p",
             "cloister-agent",
             "-p",
+            "cloister-guest-agent",
+            "-p",
             "cloister-vmm",
             "--",
             "-D",

@@ -395,10 +395,11 @@ fn read_phase(
 /// Drops the disk's pages from the page cache (BLKFLSBUF), so the buffered
 /// read-back comes from the device.
 fn flush_buffers(dev: &str) -> Result<(), String> {
-    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    /// `_IO(0x12, 97)`, include/uapi/linux/fs.h.
+    const BLKFLSBUF: libc::Ioctl = 0x1261;
     let file = open_disk(dev, false, false)?;
     // SAFETY: BLKFLSBUF takes no argument; fd is an open block device.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF, 0) };
     if rc != 0 {
         return Err(format!(
             "BLKFLSBUF on {dev}: {}",
