@@ -173,8 +173,10 @@ pub struct HostGuest {
 }
 
 /// What both images start with: the usual directories, /dev/console (the
-/// kernel opens it for init's stdio before anything mounts devtmpfs) and
-/// busybox with /bin/sh.
+/// kernel opens it for init's stdio before anything mounts devtmpfs),
+/// /dev/null (a Rust init whose stdio the kernel could not open, because no
+/// console had registered yet, reopens it there or aborts) and busybox
+/// with /bin/sh.
 fn skeleton(busybox: Vec<u8>) -> Vec<Entry> {
     let mut entries: Vec<Entry> = [
         "/bin",
@@ -200,6 +202,12 @@ fn skeleton(busybox: Vec<u8>) -> Vec<Entry> {
             mode: 0o600,
             major: 5,
             minor: 1,
+        },
+        Entry::CharDev {
+            path: "/dev/null".into(),
+            mode: 0o666,
+            major: 1,
+            minor: 3,
         },
         Entry::File {
             path: "/bin/busybox".into(),
@@ -474,7 +482,15 @@ mod tests {
         let agent = find("sbin/cloister-guest-agent").unwrap();
         assert_eq!((agent.1, agent.3.as_slice()), (0o100755, &b"ga"[..]));
         assert_eq!(find("bin/sh").unwrap().3, b"busybox");
-        for dir in ["proc", "sys", "dev", "tmp", "dev/console", "usr/sbin"] {
+        for dir in [
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "dev/console",
+            "dev/null",
+            "usr/sbin",
+        ] {
             assert!(find(dir).is_some(), "{dir} missing");
         }
         // The host's own files stay out of the guest.

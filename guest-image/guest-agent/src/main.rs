@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cloister_guest_agent::bootlog;
 use cloister_guest_agent::cmdline::{self, Options, Test, TEST_KEY};
@@ -21,6 +21,9 @@ use cloister_guest_agent::report::{Line, PROTOCOL};
 /// The first virtio console: where results go, and the demo shell.
 const HVC: &str = "/dev/hvc0";
 
+/// How long PID 1 waits for hvc0 to appear.
+const HVC_WAIT: Duration = Duration::from_secs(10);
+
 /// Size of one `blk` request.
 const CHUNK: usize = 1 << 20;
 
@@ -28,6 +31,10 @@ fn main() {
     let pid1 = std::process::id() == 1;
     if pid1 {
         mount_pseudo_filesystems();
+        // virtio-console adds its ports from a workqueue, so init can start
+        // before hvc0 exists (the kernel then found no console to give init
+        // as stdio, and std reopened fds 0-2 on /dev/null).
+        wait_for(HVC, HVC_WAIT);
     }
     let mut text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     // From a shell: the tests are the argument, the rest from the command line.
@@ -443,6 +450,14 @@ fn mount_pseudo_filesystems() {
                 eprintln!("cloister-guest-agent: mount {fstype} on {target}: {err}");
             }
         }
+    }
+}
+
+/// Waits up to `limit` for devtmpfs to show `path`.
+fn wait_for(path: &str, limit: Duration) {
+    let started = Instant::now();
+    while !std::path::Path::new(path).exists() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
