@@ -11,7 +11,7 @@ use crate::cache::{self, short, KeyBuilder, Stamp};
 use crate::manifest::{self, Item, Manifest};
 use crate::stack::{self, Stack};
 use crate::stage::{run_stage, Outcome};
-use crate::{board, deps, disk, initramfs, kernel, pins, qemu};
+use crate::{board, deps, disk, guest, initramfs, kernel, pins, qemu};
 
 /// `cargo xtask build-image [STACK | --stack STACK] [--clean]`
 #[derive(Debug, clap::Args)]
@@ -183,6 +183,25 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         Ok(((), outcome))
     })?;
 
+    // The Linux guest (`[guest]`): a stock kernel from the same tarball with
+    // no patches, and its initramfs; both go into the host image.
+    let guest_build = match &stack.file.guest {
+        Some(_) => Some(guest::build(&guest::GuestInputs {
+            root: &root,
+            logs: &logs,
+            cache_dir: &cache_dir,
+            out: &out,
+            stamps: &stamps,
+            shared_stamps: &shared_stamps,
+            tarball: &pin.tarball,
+            tarball_sha256: &tarball_sha,
+            fragments: &stack.guest_fragment_paths,
+            busybox: &busybox,
+        })?),
+        None => None,
+    };
+    let guest_conf = stack.file.guest.as_ref().map(|g| g.guest_conf());
+
     let overlay = root.join("stacks/rootfs/host");
     let initrd = out.join("host-initramfs.cpio");
     let vmm_conf = stack.file.vm.vmm_conf();
@@ -193,6 +212,11 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             .add_file("agent", &agent)?
             .add_file("vmm", &vmm)?
             .add_file("conformance", &conformance)?;
+        if let (Some(g), Some(conf)) = (&guest_build, &guest_conf) {
+            key.add_file("guest-kernel", &g.image)?
+                .add_file("guest-initramfs", &g.initramfs)?
+                .add_str("guest-conf", conf);
+        }
         for entry in initramfs::overlay_entries(&overlay)? {
             key.add_str("overlay", &format!("{entry:?}"));
         }
@@ -208,6 +232,14 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             std::fs::read(&vmm)?,
             std::fs::read(&conformance)?,
             &vmm_conf,
+            match (&guest_build, &guest_conf) {
+                (Some(g), Some(conf)) => Some(initramfs::HostGuest {
+                    kernel: std::fs::read(&g.image)?,
+                    initramfs: std::fs::read(&g.initramfs)?,
+                    conf: conf.clone(),
+                }),
+                _ => None,
+            },
             &overlay,
         )?;
         let mut bytes = Vec::new();
@@ -290,6 +322,25 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
         Vec::new()
     };
 
+    let guest_outputs = match &guest_build {
+        Some(g) => vec![
+            Item::file(
+                manifest::GUEST_KERNEL,
+                &g.image,
+                Some(g.kernel.release.clone()),
+            )?,
+            Item::file(
+                "guest-vmlinux",
+                &g.kernel.vmlinux,
+                Some(g.kernel.release.clone()),
+            )?,
+            Item::file("guest-kernel-config", &g.kernel.dotconfig, None)?,
+            Item::file(manifest::GUEST_INITRAMFS, &g.initramfs, None)?,
+            Item::file("cloister-guest-agent", &g.agent, None)?,
+        ],
+        None => Vec::new(),
+    };
+
     let busybox_version = deb_version(&busybox_deb);
     let mut inputs = vec![
         Item::file_with_hash(
@@ -307,6 +358,9 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
     }
     for f in &stack.fragment_paths {
         inputs.push(Item::file("kernel-fragment", f, None)?);
+    }
+    for f in &stack.guest_fragment_paths {
+        inputs.push(Item::file("guest-kernel-fragment", f, None)?);
     }
     for p in &patches {
         inputs.push(Item::file("kernel-patch", p, None)?);
@@ -359,6 +413,7 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             Item::file(manifest::CONFORMANCE_GUEST, &conformance, None)?,
         ]
         .into_iter()
+        .chain(guest_outputs)
         .chain(hyp_outputs)
         .chain(disk_outputs)
         .collect(),
@@ -399,14 +454,14 @@ fn print_summary(stack: &Stack, manifest: &Manifest, manifest_file: &Path, start
 }
 
 /// Where the host and guest initramfs binaries are built for.
-const MUSL: &str = "aarch64-unknown-linux-musl";
+pub const MUSL: &str = "aarch64-unknown-linux-musl";
 /// Where the EL2 hypervisor is built for (a static PIE, see .cargo/config.toml).
 const BARE_METAL: &str = "aarch64-unknown-none";
 
 /// Builds workspace binary `package` for `target` in release mode.
 /// cargo does its own change tracking; the stage only reports whether the
 /// binary changed since the last build (a stamp shared by every stack).
-fn build_rust_binary(
+pub fn build_rust_binary(
     stage: &mut crate::stage::Stage,
     root: &Path,
     package: &str,
@@ -441,7 +496,7 @@ fn build_rust_binary(
     ))
 }
 
-fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
+pub fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
     let same = to.exists() && cache::sha256_file(from)? == cache::sha256_file(to)?;
     if !same {
         std::fs::copy(from, to)

@@ -84,6 +84,23 @@ const TEARDOWN_FACTS: &[Expected] = &[
     Expected::Is("teardown_secret_copies", "0"),
 ];
 
+/// What the guest's `boot` and `blk` tests report on plain QEMU: every
+/// vCPU up, its disk, and no hypervisor services, so no pKVM guest driver,
+/// no MMIO guard and no restricted DMA pool (there is no pKVM to ask).
+const GUEST_PLAIN_QEMU_FACTS: &[Expected] = &[
+    Expected::Is("tests", "boot,blk"),
+    Expected::KernelRelease,
+    Expected::CpusOnline,
+    Expected::Is("block_devices", "vda"),
+    Expected::Is("kvm_hyp_services", "none"),
+    Expected::Is("pkvm_guest", "inactive"),
+    Expected::Is("mmio_guard", "no"),
+    Expected::Is("restricted_dma_pool", "none"),
+    Expected::Is("restricted_dma_devices", "none"),
+    Expected::Is("blk_device", "/dev/vda"),
+    Expected::Is("end", "poweroff"),
+];
+
 /// The errors of the `hyp-refusals` scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -236,6 +253,16 @@ pub enum Kind {
     /// stacks only): U-Boot must say why it cannot boot, boot no kernel and
     /// stop at its prompt.
     BrokenDisk(DiskDamage),
+    /// Boot the stack's Linux guest on plain QEMU (no hypervisor, TCG) with
+    /// the guest agent running `tests` (`cloister.test=`); pass when its
+    /// report on hvc0 is complete, every check passed, every fact matches
+    /// (`Expected::CpusOnline` against `guest.cpus`, `KernelRelease`
+    /// against the guest kernel's) and, with `blk`, the disk file holds
+    /// what the guest reported writing. Stacks without `[guest]` skip it.
+    GuestPlainQemu {
+        tests: &'static str,
+        facts: &'static [Expected],
+    },
 }
 
 /// How the broken-disk scenarios damage the disk image.
@@ -644,6 +671,19 @@ pub fn scenarios() -> Vec<Scenario> {
             DiskDamage::Truncated,
         ),
         Scenario {
+            name: "guest-plain-qemu",
+            what: "the stock Linux guest boots on plain QEMU (no hyp, TCG) to its agent, which \
+                   writes and reads back its virtio-blk disk (O_DIRECT and buffered); the disk \
+                   file holds what it reported",
+            kind: Kind::GuestPlainQemu {
+                tests: "boot,blk",
+                facts: GUEST_PLAIN_QEMU_FACTS,
+            },
+            timeout: Duration::from_secs(240),
+            needs_hyp: false,
+            smp: None,
+        },
+        Scenario {
             name: "demo-shell",
             what: "the demo boots to a busybox prompt and `poweroff` exits QEMU with status 0",
             kind: Kind::DemoShell,
@@ -845,7 +885,7 @@ impl ScenarioFiles {
 const CONSOLE_TAIL: usize = 25;
 
 /// Appends the console's tail and the log paths to a failure message.
-fn with_console(msg: String, files: &ScenarioFiles) -> String {
+pub fn with_console(msg: String, files: &ScenarioFiles) -> String {
     let mut out = msg;
     out.push_str(&format!(
         "\n--- console tail ({}) ---\n",

@@ -151,18 +151,33 @@ pub const CONFORMANCE_GUEST_PATH: &str = "/lib/cloister/conformance.bin";
 /// Where the VMM's defaults from the stack's `[vm]` table go.
 pub const VMM_CONF_PATH: &str = "/lib/cloister/vmm.conf";
 
-/// The host initramfs: busybox for the demo shell (busybox init as /init,
-/// configured by the overlay's /etc/inittab), the VMM, the test agent,
-/// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`,
-/// and the conformance guest at [`CONFORMANCE_GUEST_PATH`].
-pub fn host_entries(
-    busybox: Vec<u8>,
-    agent: Vec<u8>,
-    vmm: Vec<u8>,
-    conformance: Vec<u8>,
-    vmm_conf: &str,
-    overlay: &Path,
-) -> Result<Vec<Entry>> {
+/// Where the host image keeps the Linux guest (the stack's `[guest]`).
+pub const GUEST_DIR: &str = "/lib/cloister/guest";
+/// The guest kernel: an arm64 `Image` for `cloister-vmm`.
+pub const GUEST_KERNEL_PATH: &str = "/lib/cloister/guest/Image";
+/// The guest initramfs (newc cpio, uncompressed).
+pub const GUEST_INITRAMFS_PATH: &str = "/lib/cloister/guest/initramfs.cpio";
+/// The `[guest]` table as `key=value` lines (cmdline, memory_mib, cpus,
+/// disk_mib).
+pub const GUEST_CONF_PATH: &str = "/lib/cloister/guest/guest.conf";
+
+/// Where the guest agent sits in the guest image (`/init` links to it).
+pub const GUEST_AGENT_PATH: &str = "/sbin/cloister-guest-agent";
+
+/// The Linux guest as the host image carries it.
+#[derive(Debug, Clone)]
+pub struct HostGuest {
+    pub kernel: Vec<u8>,
+    pub initramfs: Vec<u8>,
+    pub conf: String,
+}
+
+/// What both images start with: the usual directories, /dev/console (the
+/// kernel opens it for init's stdio before anything mounts devtmpfs),
+/// /dev/null (a Rust init whose stdio the kernel could not open, because no
+/// console had registered yet, reopens it there or aborts) and busybox
+/// with /bin/sh.
+fn skeleton(busybox: Vec<u8>) -> Vec<Entry> {
     let mut entries: Vec<Entry> = [
         "/bin",
         "/sbin",
@@ -174,8 +189,6 @@ pub fn host_entries(
         "/sys",
         "/tmp",
         "/root",
-        "/lib",
-        "/lib/cloister",
     ]
     .into_iter()
     .map(|p| Entry::Dir {
@@ -184,13 +197,17 @@ pub fn host_entries(
     })
     .collect();
     entries.extend([
-        // The kernel opens /dev/console for init's stdio before anything
-        // mounts devtmpfs.
         Entry::CharDev {
             path: "/dev/console".into(),
             mode: 0o600,
             major: 5,
             minor: 1,
+        },
+        Entry::CharDev {
+            path: "/dev/null".into(),
+            mode: 0o666,
+            major: 1,
+            minor: 3,
         },
         Entry::File {
             path: "/bin/busybox".into(),
@@ -200,6 +217,34 @@ pub fn host_entries(
         Entry::Symlink {
             path: "/bin/sh".into(),
             target: "busybox".into(),
+        },
+    ]);
+    entries
+}
+
+/// The host initramfs: busybox for the demo shell (busybox init as /init,
+/// configured by the overlay's /etc/inittab), the VMM, the test agent,
+/// which the e2e runner starts instead with `rdinit=/sbin/cloister-agent`,
+/// the conformance guest at [`CONFORMANCE_GUEST_PATH`] and, when the stack
+/// has one, the Linux guest under [`GUEST_DIR`].
+pub fn host_entries(
+    busybox: Vec<u8>,
+    agent: Vec<u8>,
+    vmm: Vec<u8>,
+    conformance: Vec<u8>,
+    vmm_conf: &str,
+    guest: Option<HostGuest>,
+    overlay: &Path,
+) -> Result<Vec<Entry>> {
+    let mut entries = skeleton(busybox);
+    entries.extend([
+        Entry::Dir {
+            path: "/lib".into(),
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "/lib/cloister".into(),
+            mode: 0o755,
         },
         Entry::Symlink {
             path: "/init".into(),
@@ -230,8 +275,50 @@ pub fn host_entries(
             data: conformance,
         },
     ]);
+    if let Some(guest) = guest {
+        entries.extend([
+            Entry::Dir {
+                path: GUEST_DIR.into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                path: GUEST_KERNEL_PATH.into(),
+                mode: 0o644,
+                data: guest.kernel,
+            },
+            Entry::File {
+                path: GUEST_INITRAMFS_PATH.into(),
+                mode: 0o644,
+                data: guest.initramfs,
+            },
+            Entry::File {
+                path: GUEST_CONF_PATH.into(),
+                mode: 0o644,
+                data: guest.conf.into_bytes(),
+            },
+        ]);
+    }
     entries.extend(overlay_entries(overlay)?);
     Ok(entries)
+}
+
+/// The guest initramfs: the guest agent as /init (it mounts the pseudo
+/// filesystems itself and runs the tests the command line names, or a
+/// shell on hvc0) and the host's busybox for that shell.
+pub fn guest_entries(busybox: Vec<u8>, guest_agent: Vec<u8>) -> Vec<Entry> {
+    let mut entries = skeleton(busybox);
+    entries.extend([
+        Entry::File {
+            path: GUEST_AGENT_PATH.into(),
+            mode: 0o755,
+            data: guest_agent,
+        },
+        Entry::Symlink {
+            path: "/init".into(),
+            target: GUEST_AGENT_PATH.trim_start_matches('/').into(),
+        },
+    ]);
+    entries
 }
 
 #[cfg(test)]
@@ -342,6 +429,11 @@ mod tests {
             b"vmm".to_vec(),
             b"guest".to_vec(),
             "memory=anon\n",
+            Some(HostGuest {
+                kernel: b"Image".to_vec(),
+                initramfs: b"cpio".to_vec(),
+                conf: "cpus=2\n".into(),
+            }),
             &overlay,
         )
         .unwrap();
@@ -355,6 +447,9 @@ mod tests {
             "bin/cloister-vmm",
             "lib/cloister/conformance.bin",
             "lib/cloister/vmm.conf",
+            "lib/cloister/guest/Image",
+            "lib/cloister/guest/initramfs.cpio",
+            "lib/cloister/guest/guest.conf",
             "dev/console",
             "etc/inittab",
             "etc/init.d/rcS",
@@ -374,5 +469,31 @@ mod tests {
             .find(|e| e.0 == CONFORMANCE_GUEST_PATH.trim_start_matches('/'))
             .unwrap();
         assert_eq!((guest.1, guest.3.as_slice()), (0o100644, &b"guest"[..]));
+    }
+
+    #[test]
+    fn guest_image_has_the_agent_as_init_and_busybox() {
+        let entries = guest_entries(b"bb".to_vec(), b"ga".to_vec());
+        let mut archive = Vec::new();
+        write_newc(&entries, &mut archive).unwrap();
+        let back = read_back(&archive);
+        let find = |name: &str| back.iter().find(|e| e.0 == name).cloned();
+        assert_eq!(find("init").unwrap().3, b"sbin/cloister-guest-agent");
+        let agent = find("sbin/cloister-guest-agent").unwrap();
+        assert_eq!((agent.1, agent.3.as_slice()), (0o100755, &b"ga"[..]));
+        assert_eq!(find("bin/sh").unwrap().3, b"busybox");
+        for dir in [
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "dev/console",
+            "dev/null",
+            "usr/sbin",
+        ] {
+            assert!(find(dir).is_some(), "{dir} missing");
+        }
+        // The host's own files stay out of the guest.
+        assert!(find("lib/cloister/vmm.conf").is_none());
     }
 }

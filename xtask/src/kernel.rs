@@ -49,7 +49,8 @@ pub fn read_series(patch_dir: &Path) -> Result<Vec<PathBuf>> {
 const KEEP_TREES: usize = 2;
 
 /// How many kernel build directories the cache keeps: one per distinct
-/// fragment list in use (QEMU stacks, board stacks, the guest kernel).
+/// fragment list in use (QEMU stacks, board stacks); the guest kernel
+/// keeps its own, in `cache/guest-kernel/` (see `guest.rs`).
 pub const KEEP_BUILDS: usize = 4;
 
 /// Unpacks `tarball` and applies `patches` into a cache directory keyed by

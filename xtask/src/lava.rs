@@ -270,6 +270,10 @@ fn not_run_reason(kind: &Kind) -> String {
         Kind::DemoShell => "checks QEMU's exit status after `poweroff`, which LAVA does not \
                             report (LAVA's own boot action checks that the prompt comes up)"
             .to_owned(),
+        Kind::GuestPlainQemu { .. } => "boots the guest kernel on a QEMU of its own, not the \
+                                        stack, and checks the disk file it leaves on the \
+                                        runner; it stays with `cargo xtask test`"
+            .to_owned(),
         _ => "boots a deliberately broken image and passes when the boot fails; LAVA counts \
               a failed boot as an incomplete job, so it stays with `cargo xtask test`"
             .to_owned(),

@@ -13,6 +13,7 @@ mod deps;
 mod disk;
 mod e2e;
 mod flash;
+mod guest;
 mod initramfs;
 mod kernel;
 mod lava;

@@ -16,6 +16,13 @@ pub const FORMAT: u32 = 1;
 /// also carries at `initramfs::CONFORMANCE_GUEST_PATH`).
 pub const CONFORMANCE_GUEST: &str = "conformance-guest";
 
+/// Output name of the guest kernel Image (version: its `uname -r`); the
+/// host image also carries it at `initramfs::GUEST_KERNEL_PATH`.
+pub const GUEST_KERNEL: &str = "guest-kernel";
+/// Output name of the guest initramfs (`initramfs::GUEST_INITRAMFS_PATH`
+/// in the host image).
+pub const GUEST_INITRAMFS: &str = "guest-initramfs";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -112,10 +119,17 @@ impl Manifest {
 
     /// Path of the output called `name`.
     pub fn output(&self, name: &str) -> Result<&Path> {
+        self.output_item(name)?
+            .path
+            .as_deref()
+            .with_context(|| format!("manifest of stack {} lists no output {name:?}", self.stack))
+    }
+
+    /// The output called `name`.
+    pub fn output_item(&self, name: &str) -> Result<&Item> {
         self.outputs
             .iter()
             .find(|i| i.name == name)
-            .and_then(|i| i.path.as_deref())
             .with_context(|| format!("manifest of stack {} lists no output {name:?}", self.stack))
     }
 }

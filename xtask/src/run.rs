@@ -33,6 +33,12 @@ pub struct Run {
     /// Print the QEMU command line instead of building and booting.
     #[arg(long)]
     dry_run: bool,
+    /// Boot the stack's Linux guest on plain QEMU instead (no hypervisor,
+    /// hvc0 on this terminal, a fresh disk in
+    /// target/cloister/<stack>/guest-run/): a busybox shell, or the tests
+    /// `--append cloister.test=boot,blk` names.
+    #[arg(long, conflicts_with_all = ["gdb", "trace"])]
+    guest: bool,
 }
 
 impl Run {
@@ -40,6 +46,9 @@ impl Run {
         let root = crate::project_root();
         let stack = crate::stack::load(&root, &self.stack)?;
         let stack_dir = build::stack_dir(&self.stack);
+        if self.guest {
+            return self.run_guest(&stack, &stack_dir);
+        }
         let paths = if self.dry_run {
             ArtifactPaths::expected(&stack, &stack_dir)
         } else {
@@ -107,9 +116,65 @@ impl Run {
             "Booting {} (Ctrl-A X quits QEMU; `poweroff` in the shell exits cleanly)",
             stack.name
         );
+        self.wait(&mut cmd)
+    }
+
+    /// `--guest`: the stack's guest on plain QEMU, hvc0 on this terminal.
+    fn run_guest(&self, stack: &crate::stack::Stack, stack_dir: &std::path::Path) -> Result<()> {
+        let guest = stack.file.guest.as_ref().with_context(|| {
+            format!(
+                "stack {} has no [guest] table, so no guest to boot (see docs/stacks.md)",
+                stack.name
+            )
+        })?;
+        let dir = stack_dir.join("guest-run");
+        let (kernel, initramfs) = if self.dry_run {
+            (
+                stack_dir.join("guest-Image"),
+                stack_dir.join("guest-initramfs.cpio"),
+            )
+        } else {
+            let manifest = build::build_image(&self.stack, false)?;
+            (
+                manifest
+                    .output(crate::manifest::GUEST_KERNEL)?
+                    .to_path_buf(),
+                manifest
+                    .output(crate::manifest::GUEST_INITRAMFS)?
+                    .to_path_buf(),
+            )
+        };
+        let boot = crate::guest::PlainBoot {
+            kernel,
+            initramfs,
+            disk: dir.join(qemu::PER_BOOT_DISK),
+            console: crate::guest::GuestConsole::Interactive,
+            serial: dir.join("serial.log"),
+            extra_cmdline: self.append.clone(),
+        };
+        let qemu_path = qemu::binary().unwrap_or_else(|_| qemu::QEMU.into());
+        let mut cmd = Command::new(&qemu_path);
+        cmd.args(crate::guest::plain_qemu_args(guest, &boot));
+        if self.dry_run {
+            println!("{}", display_command(&cmd));
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        crate::guest::create_disk(&boot.disk, guest.disk_mib)?;
+        println!(
+            "Booting the {} guest on plain QEMU (Ctrl-A X quits QEMU; `poweroff` in the shell \
+             exits cleanly; PL011 output in {})",
+            stack.name,
+            boot.serial.display()
+        );
+        self.wait(&mut cmd)
+    }
+
+    /// Runs QEMU on this terminal until it exits or `--timeout` passes.
+    fn wait(&self, cmd: &mut Command) -> Result<()> {
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", qemu_path.display()))?;
+            .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
         let deadline = self
             .timeout
             .map(|s| Instant::now() + Duration::from_secs(s));

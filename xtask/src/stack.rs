@@ -31,7 +31,42 @@ pub struct StackFile {
     /// Defaults of the VMs the host image runs.
     #[serde(default)]
     pub vm: VmSection,
+    /// The Linux guest the host image carries (absent: no guest is built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestSection>,
     pub expect: ExpectSection,
+}
+
+/// The unmodified Linux guest: a stock kernel from the pinned tarball (no
+/// patches) with its own fragments, and its initramfs (the guest agent and
+/// busybox). `build-image` puts both into the host image under
+/// `/lib/cloister/guest/`, with these values in `guest.conf` for the VMM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GuestSection {
+    /// Config fragments in `kernel-config/fragments/`, applied in order on top
+    /// of `tinyconfig`.
+    pub fragments: Vec<String>,
+    /// The guest kernel's command line (the agent's `cloister.*` keys are
+    /// added per run).
+    pub cmdline: String,
+    /// Guest RAM in MiB: 64..=4096.
+    pub memory_mib: u32,
+    /// Guest vCPUs: 1..=8.
+    pub cpus: u32,
+    /// Size of the guest's virtio-blk disk in MiB: 1..=4096.
+    pub disk_mib: u32,
+}
+
+impl GuestSection {
+    /// The `guest.conf` the host image carries next to the guest.
+    pub fn guest_conf(&self) -> String {
+        format!(
+            "# Written by cargo xtask build-image from the stack's [guest] table.\n\
+             cmdline={}\nmemory_mib={}\ncpus={}\ndisk_mib={}\n",
+            self.cmdline, self.memory_mib, self.cpus, self.disk_mib
+        )
+    }
 }
 
 /// Defaults for the VMs `cloister-vmm` runs in this image (written into
@@ -205,6 +240,9 @@ pub struct Stack {
     pub patch_dir: PathBuf,
     /// Absolute path of `disk.dtb`, if the stack names one.
     pub dtb_path: Option<PathBuf>,
+    /// Absolute paths of the guest kernel's fragments, in order (empty
+    /// without `[guest]`).
+    pub guest_fragment_paths: Vec<PathBuf>,
 }
 
 impl Stack {
@@ -272,18 +310,16 @@ pub fn load(root: &Path, name: &str) -> Result<Stack> {
     }
     let dtb_path = check_boot_keys(root, &file).map_err(|e| anyhow::anyhow!("{display}: {e}"))?;
     let config_dir = root.join("kernel-config");
-    let mut fragment_paths = Vec::new();
-    for (i, fragment) in file.kernel.fragments.iter().enumerate() {
-        let p = config_dir.join("fragments").join(fragment);
-        if !p.is_file() {
-            bail!(
-                "{display}: key `kernel.fragments[{i}]`: expected a file in kernel-config/fragments/, \
-                 {} does not exist",
-                p.display()
-            );
+    let fragment_paths = resolve_fragments(&config_dir, "kernel", &file.kernel.fragments)
+        .map_err(|e| anyhow::anyhow!("{display}: {e}"))?;
+    let guest_fragment_paths = match &file.guest {
+        Some(guest) => {
+            check_guest(guest).map_err(|e| anyhow::anyhow!("{display}: {e}"))?;
+            resolve_fragments(&config_dir, "guest", &guest.fragments)
+                .map_err(|e| anyhow::anyhow!("{display}: {e}"))?
         }
-        fragment_paths.push(p);
-    }
+        None => Vec::new(),
+    };
     let patch_dir = config_dir.join("patches").join(&file.kernel.patches);
     if !patch_dir.join("series").is_file() {
         bail!(
@@ -299,7 +335,49 @@ pub fn load(root: &Path, name: &str) -> Result<Stack> {
         fragment_paths,
         patch_dir,
         dtb_path,
+        guest_fragment_paths,
     })
+}
+
+/// Resolves `<section>.fragments` in `kernel-config/fragments/`.
+fn resolve_fragments(config_dir: &Path, section: &str, names: &[String]) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for (i, fragment) in names.iter().enumerate() {
+        let p = config_dir.join("fragments").join(fragment);
+        if !p.is_file() {
+            bail!(
+                "key `{section}.fragments[{i}]`: expected a file in kernel-config/fragments/, \
+                 {} does not exist",
+                p.display()
+            );
+        }
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+/// Range checks of the `[guest]` table.
+fn check_guest(guest: &GuestSection) -> Result<()> {
+    if guest.fragments.is_empty() {
+        bail!("key `guest.fragments`: expected at least one fragment");
+    }
+    for (key, value, range) in [
+        ("guest.memory-mib", guest.memory_mib, 64..=4096),
+        ("guest.cpus", guest.cpus, 1..=8),
+        ("guest.disk-mib", guest.disk_mib, 1..=4096),
+    ] {
+        if !range.contains(&value) {
+            bail!(
+                "key `{key}`: expected {}..={}, found {value}",
+                range.start(),
+                range.end()
+            );
+        }
+    }
+    if guest.cmdline.contains('\n') {
+        bail!("key `guest.cmdline`: expected one line");
+    }
+    Ok(())
 }
 
 /// Checks the `[disk]` section and `qemu.boot` / `qemu.firmware` against each
@@ -478,6 +556,9 @@ pub fn render_resolved(stack: &Stack) -> Result<String> {
     writeln!(out, "# stack {} ({})", stack.name, stack.path.display())?;
     for p in &stack.fragment_paths {
         writeln!(out, "# fragment: {}", p.display())?;
+    }
+    for p in &stack.guest_fragment_paths {
+        writeln!(out, "# guest fragment: {}", p.display())?;
     }
     writeln!(
         out,
@@ -946,6 +1027,53 @@ entry-el = 2
             "{}",
             stack.file.kernel.cmdline
         );
+    }
+
+    #[test]
+    fn guest_table_is_optional_checked_and_resolved() {
+        let dir = tree(GOOD);
+        assert_eq!(load(dir.path(), "s").unwrap().file.guest, None);
+        let guest = "[guest]\nfragments = [\"a.config\"]\ncmdline = \"console=hvc0\"\n\
+                     memory-mib = 256\ncpus = 2\ndisk-mib = 64\n";
+        let text = GOOD.replace("[expect]", &format!("{guest}[expect]"));
+        let dir = tree(&text);
+        let stack = load(dir.path(), "s").unwrap();
+        let g = stack.file.guest.as_ref().unwrap();
+        assert_eq!((g.memory_mib, g.cpus, g.disk_mib), (256, 2, 64));
+        assert!(stack.guest_fragment_paths[0].ends_with("kernel-config/fragments/a.config"));
+        assert!(g
+            .guest_conf()
+            .contains("\ncmdline=console=hvc0\nmemory_mib=256\ncpus=2\ndisk_mib=64\n"));
+        assert!(render_resolved(&stack).unwrap().contains("[guest]"));
+        for (bad, want) in [
+            (
+                "cpus = 2",
+                "cpus = 9",
+                "key `guest.cpus`: expected 1..=8, found 9",
+            ),
+            (
+                "memory-mib = 256",
+                "memory-mib = 16",
+                "key `guest.memory-mib`: expected 64..=4096",
+            ),
+            (
+                "disk-mib = 64",
+                "disk-mib = 0",
+                "key `guest.disk-mib`: expected 1..=4096",
+            ),
+            (
+                "a.config\"]\ncmdline",
+                "nope.config\"]\ncmdline",
+                "key `guest.fragments[0]`",
+            ),
+            ("cpus = 2", "cpus = 2\nram = 1", "unknown field `ram`"),
+        ]
+        .map(|(from, to, want)| (text.replace(from, to), want))
+        {
+            let dir = tree(&bad);
+            let err = load(dir.path(), "s").unwrap_err().to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use crate::e2e::{self, Expectations, Kind, ScenarioFiles, Verdict, INTERRUPTED};
 use crate::qemu::{self, ArtifactPaths, BootOptions, Console};
 use crate::stage::Stage;
-use crate::{build, disk, stack};
+use crate::{build, disk, manifest, stack};
 
 /// `cargo xtask test [--stack S] [--filter PATTERN] [--no-gates]`
 #[derive(Debug, clap::Args)]
@@ -93,6 +93,8 @@ const GATES: &[(&str, &[&str])] = &[
             "aarch64-unknown-linux-musl",
             "-p",
             "cloister-agent",
+            "-p",
+            "cloister-guest-agent",
             "-p",
             "cloister-vmm",
             "--",
@@ -366,6 +368,33 @@ fn run_scenario(
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &damaged_paths, &opts));
             e2e::run_damaged_image(scenario, cmd, &files, &expected)
+        }
+        Kind::GuestPlainQemu { tests, facts } => {
+            let Some(guest) = &stack.file.guest else {
+                return Ok(Verdict::Skip(
+                    "boots the stack's Linux guest (this stack has no [guest] table)".into(),
+                ));
+            };
+            let exp = Expectations {
+                kernel_release: manifest
+                    .output_item(manifest::GUEST_KERNEL)?
+                    .version
+                    .clone()
+                    .unwrap_or_default(),
+                smp: guest.cpus,
+                ..exp
+            };
+            crate::guest::run_plain_scenario(
+                qemu_path,
+                guest,
+                manifest.output(manifest::GUEST_KERNEL)?,
+                manifest.output(manifest::GUEST_INITRAMFS)?,
+                tests,
+                facts,
+                &exp,
+                scenario.timeout,
+                dir,
+            )
         }
         Kind::BrokenDisk(damage) => {
             if paths.firmware.is_none() {

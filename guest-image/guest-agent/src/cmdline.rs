@@ -1,0 +1,236 @@
+//! The agent's keys on the kernel command line (`/proc/cmdline`).
+
+use std::fmt;
+
+/// Tests to run, comma-separated.
+pub const TEST_KEY: &str = "cloister.test";
+/// MiB the `blk` test writes and reads.
+pub const BLK_MIB_KEY: &str = "cloister.blk_mib";
+/// Seed of the `blk` pattern.
+pub const SEED_KEY: &str = "cloister.seed";
+/// The disk the `blk` test overwrites.
+pub const BLK_DEV_KEY: &str = "cloister.blk_dev";
+
+/// `cloister.blk_mib` when absent.
+pub const DEFAULT_BLK_MIB: u64 = 64;
+/// `cloister.seed` when absent.
+pub const DEFAULT_SEED: u64 = 1;
+/// `cloister.blk_dev` when absent: the first virtio-blk disk.
+pub const DEFAULT_BLK_DEV: &str = "/dev/vda";
+/// The largest `cloister.blk_mib` accepted (64 GiB).
+pub const MAX_BLK_MIB: u64 = 65_536;
+
+/// A guest-side test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    /// Boot facts: CPUs, block devices, pKVM guest services, DMA pool.
+    Boot,
+    /// Write, read back and check the disk, `O_DIRECT` and buffered.
+    Blk,
+    /// Power the VM off (the default end; naming it reports it).
+    Poweroff,
+    /// Reboot the VM instead of powering it off.
+    Reboot,
+}
+
+impl Test {
+    /// Every test with its command-line name.
+    pub const ALL: [(Test, &'static str); 4] = [
+        (Test::Boot, "boot"),
+        (Test::Blk, "blk"),
+        (Test::Poweroff, "poweroff"),
+        (Test::Reboot, "reboot"),
+    ];
+
+    /// The test's name on the command line.
+    pub fn name(self) -> &'static str {
+        Test::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("?", |(_, n)| n)
+    }
+
+    /// The test called `name`.
+    pub fn from_name(name: &str) -> Option<Test> {
+        Test::ALL.iter().find(|(_, n)| *n == name).map(|(t, _)| *t)
+    }
+
+    /// Whether the test ends the run (it must be the last one).
+    pub fn ends_run(self) -> bool {
+        matches!(self, Test::Poweroff | Test::Reboot)
+    }
+}
+
+/// What the command line asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Tests in order; empty: start the shell.
+    pub tests: Vec<Test>,
+    pub blk_mib: u64,
+    pub seed: u64,
+    pub blk_dev: String,
+}
+
+/// A command line the agent cannot follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// `cloister.test` names a test this agent does not have.
+    UnknownTest(String),
+    /// `poweroff` or `reboot` is not the last test.
+    EndNotLast(&'static str),
+    /// A numeric key holds something else or is out of range.
+    BadNumber {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::UnknownTest(name) => {
+                let known: Vec<&str> = Test::ALL.iter().map(|(_, n)| *n).collect();
+                write!(
+                    f,
+                    "{TEST_KEY}: unknown test {name:?}; known tests: {}",
+                    known.join(", ")
+                )
+            }
+            CmdlineError::EndNotLast(name) => {
+                write!(f, "{TEST_KEY}: {name} ends the run, so it must come last")
+            }
+            CmdlineError::BadNumber {
+                key,
+                value,
+                expected,
+            } => write!(f, "{key}: expected {expected}, found {value:?}"),
+        }
+    }
+}
+
+impl std::error::Error for CmdlineError {}
+
+/// Reads the agent's keys from a kernel command line; other words are
+/// ignored, a key given twice takes its last value (as the kernel does).
+pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
+    let mut opts = Options {
+        tests: Vec::new(),
+        blk_mib: DEFAULT_BLK_MIB,
+        seed: DEFAULT_SEED,
+        blk_dev: DEFAULT_BLK_DEV.to_owned(),
+    };
+    for word in cmdline.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        match key {
+            TEST_KEY => {
+                opts.tests = value
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Test::from_name(t).ok_or_else(|| CmdlineError::UnknownTest(t.into())))
+                    .collect::<Result<_, _>>()?;
+            }
+            BLK_MIB_KEY => {
+                opts.blk_mib = parse_number(value)
+                    .filter(|n| (1..=MAX_BLK_MIB).contains(n))
+                    .ok_or_else(|| CmdlineError::BadNumber {
+                        key: BLK_MIB_KEY,
+                        value: value.into(),
+                        expected: "a size in MiB, 1..=65536",
+                    })?;
+            }
+            SEED_KEY => {
+                opts.seed = parse_number(value).ok_or_else(|| CmdlineError::BadNumber {
+                    key: SEED_KEY,
+                    value: value.into(),
+                    expected: "a 64-bit number (decimal or 0x hex)",
+                })?;
+            }
+            BLK_DEV_KEY => value.clone_into(&mut opts.blk_dev),
+            _ => {}
+        }
+    }
+    if let Some((i, t)) = opts.tests.iter().enumerate().find(|(_, t)| t.ends_run()) {
+        if i + 1 != opts.tests.len() {
+            return Err(CmdlineError::EndNotLast(t.name()));
+        }
+    }
+    Ok(opts)
+}
+
+/// A decimal or `0x`-prefixed hexadecimal u64.
+pub fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_keys_means_the_shell_and_the_defaults() {
+        let opts = parse("console=hvc0 earlycon panic=-1").unwrap();
+        assert_eq!(
+            opts,
+            Options {
+                tests: vec![],
+                blk_mib: 64,
+                seed: 1,
+                blk_dev: "/dev/vda".into()
+            }
+        );
+    }
+
+    #[test]
+    fn keys_are_read_in_order_and_the_last_value_wins() {
+        let opts = parse(
+            "console=hvc0 cloister.test=boot cloister.test=boot,blk,poweroff \
+             cloister.blk_mib=16 cloister.seed=0xC0FFEE cloister.blk_dev=/dev/vdb",
+        )
+        .unwrap();
+        assert_eq!(opts.tests, [Test::Boot, Test::Blk, Test::Poweroff]);
+        assert_eq!(
+            (opts.blk_mib, opts.seed, opts.blk_dev.as_str()),
+            (16, 0xc0ffee, "/dev/vdb")
+        );
+        assert_eq!(parse("cloister.seed=42").unwrap().seed, 42);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        let err = parse("cloister.test=boot,disk").unwrap_err();
+        assert_eq!(err, CmdlineError::UnknownTest("disk".into()));
+        assert!(err
+            .to_string()
+            .contains("known tests: boot, blk, poweroff, reboot"));
+        for bad in [
+            "cloister.blk_mib=0",
+            "cloister.blk_mib=x",
+            "cloister.blk_mib=65537",
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("cloister.blk_mib: expected a size"),
+                "{err}"
+            );
+        }
+        let err = parse("cloister.seed=0xZZ").unwrap_err().to_string();
+        assert!(err.starts_with("cloister.seed:"), "{err}");
+        let err = parse("cloister.test=reboot,boot").unwrap_err();
+        assert_eq!(err, CmdlineError::EndNotLast("reboot"));
+    }
+
+    #[test]
+    fn test_names_round_trip() {
+        for (test, name) in Test::ALL {
+            assert_eq!(test.name(), name);
+            assert_eq!(Test::from_name(name), Some(test));
+        }
+        assert_eq!(Test::from_name("Boot"), None);
+    }
+}
