@@ -10,4 +10,5 @@
 
 pub mod parse;
 pub mod protocol;
-pub mod secret;
+/// The test secret, defined once with the guest agent that also writes it.
+pub use cloister_guest_agent::secret;

@@ -10,6 +10,8 @@ pub const BLK_MIB_KEY: &str = "cloister.blk_mib";
 pub const SEED_KEY: &str = "cloister.seed";
 /// The disk the `blk` test overwrites.
 pub const BLK_DEV_KEY: &str = "cloister.blk_dev";
+/// The `secret` test's seed.
+pub const SECRET_SEED_KEY: &str = "cloister.secret_seed";
 
 /// `cloister.blk_mib` when absent.
 pub const DEFAULT_BLK_MIB: u64 = 64;
@@ -27,6 +29,13 @@ pub enum Test {
     Boot,
     /// Write, read back and check the disk, `O_DIRECT` and buffered.
     Blk,
+    /// Keep a page of [`crate::secret`] words from `cloister.secret_seed`
+    /// in private memory until the run ends; report its guest-physical
+    /// address (`secret_ipa`).
+    Secret,
+    /// Report `waiting=host` and wait for a line on hvc0: the host looks
+    /// at the VM while it is still up, then lets it end.
+    Wait,
     /// Power the VM off (the default end; naming it reports it).
     Poweroff,
     /// Reboot the VM instead of powering it off.
@@ -35,9 +44,11 @@ pub enum Test {
 
 impl Test {
     /// Every test with its command-line name.
-    pub const ALL: [(Test, &'static str); 4] = [
+    pub const ALL: [(Test, &'static str); 6] = [
         (Test::Boot, "boot"),
         (Test::Blk, "blk"),
+        (Test::Secret, "secret"),
+        (Test::Wait, "wait"),
         (Test::Poweroff, "poweroff"),
         (Test::Reboot, "reboot"),
     ];
@@ -69,6 +80,8 @@ pub struct Options {
     pub blk_mib: u64,
     pub seed: u64,
     pub blk_dev: String,
+    /// The `secret` test's seed.
+    pub secret_seed: u64,
 }
 
 /// A command line the agent cannot follow.
@@ -119,6 +132,7 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
         blk_mib: DEFAULT_BLK_MIB,
         seed: DEFAULT_SEED,
         blk_dev: DEFAULT_BLK_DEV.to_owned(),
+        secret_seed: DEFAULT_SEED,
     };
     for word in cmdline.split_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
@@ -149,6 +163,13 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
                 })?;
             }
             BLK_DEV_KEY => value.clone_into(&mut opts.blk_dev),
+            SECRET_SEED_KEY => {
+                opts.secret_seed = parse_number(value).ok_or_else(|| CmdlineError::BadNumber {
+                    key: SECRET_SEED_KEY,
+                    value: value.into(),
+                    expected: "a 64-bit number (decimal or 0x hex)",
+                })?;
+            }
             _ => {}
         }
     }
@@ -181,8 +202,31 @@ mod tests {
                 tests: vec![],
                 blk_mib: 64,
                 seed: 1,
-                blk_dev: "/dev/vda".into()
+                blk_dev: "/dev/vda".into(),
+                secret_seed: 1,
             }
+        );
+    }
+
+    #[test]
+    fn secret_and_wait_tests_and_their_seed() {
+        let opts = parse("cloister.test=secret,boot,blk,wait,poweroff cloister.secret_seed=0x5eed")
+            .unwrap();
+        assert_eq!(
+            opts.tests,
+            [
+                Test::Secret,
+                Test::Boot,
+                Test::Blk,
+                Test::Wait,
+                Test::Poweroff
+            ]
+        );
+        assert_eq!(opts.secret_seed, 0x5eed);
+        let bad = parse("cloister.secret_seed=soon").unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "cloister.secret_seed: expected a 64-bit number (decimal or 0x hex), found \"soon\""
         );
     }
 
@@ -207,7 +251,7 @@ mod tests {
         assert_eq!(err, CmdlineError::UnknownTest("disk".into()));
         assert!(err
             .to_string()
-            .contains("known tests: boot, blk, poweroff, reboot"));
+            .contains("known tests: boot, blk, secret, wait, poweroff, reboot"));
         for bad in [
             "cloister.blk_mib=0",
             "cloister.blk_mib=x",

@@ -11,10 +11,11 @@
 //!
 //! | key | default | meaning |
 //! | --- | --- | --- |
-//! | `cloister.test=<t>[,<t>...]` | none: a shell on hvc0 | tests to run, in order: `boot`, `blk`, then optionally `poweroff` or `reboot` last |
+//! | `cloister.test=<t>[,<t>...]` | none: a shell on hvc0 | tests to run, in order: `secret`, `boot`, `blk`, `wait`, then optionally `poweroff` or `reboot` last |
 //! | `cloister.blk_mib=<n>` | 64 | MiB the `blk` test writes and reads at the start of the disk |
 //! | `cloister.seed=<n>` | 1 | seed of the `blk` pattern (decimal or `0x` hex) |
 //! | `cloister.blk_dev=<path>` | `/dev/vda` | the disk the `blk` test overwrites |
+//! | `cloister.secret_seed=<n>` | 1 | seed of the `secret` test's page ([`secret`]) |
 //!
 //! After the tests the agent powers the VM off (PSCI SYSTEM_OFF through
 //! `reboot(RB_POWER_OFF)`), or reboots it (`RB_AUTOBOOT`, PSCI SYSTEM_RESET)
@@ -60,6 +61,15 @@
 //! | `restricted_dma_pool` | `<base> <size> MiB` from `kernel/dma/swiotlb.c`'s `Reserved memory: created restricted DMA pool at ...`, or `none` |
 //! | `restricted_dma_devices` | the devices `drivers/of` attached a reserved-memory pool to (`... <dev>: assigned reserved memory node ...`), space-separated, or `none` |
 //!
+//! ## `secret` and `wait`
+//!
+//! `secret` fills one page-aligned page of the agent's memory with the
+//! [`secret`] words of `cloister.secret_seed`, locks it, keeps it until the
+//! VM ends and reports `secret_ipa` (its guest-physical address, hex): the
+//! host checks it cannot read it (and, after teardown, that no copy is
+//! left). `wait` reports `waiting=host` and reads one line from hvc0, so the
+//! host can look at the VM (its shared pages, say) before it ends.
+//!
 //! ## `blk` facts
 //!
 //! The test overwrites the first `blk_mib` MiB of the disk twice, in 1 MiB
@@ -84,3 +94,4 @@ pub mod bootlog;
 pub mod cmdline;
 pub mod pattern;
 pub mod report;
+pub mod secret;

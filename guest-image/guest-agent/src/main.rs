@@ -93,6 +93,8 @@ fn run(out: &mut Output, opts: &Options) -> End {
         match test {
             Test::Boot => test_boot(out),
             Test::Blk => test_blk(out, opts),
+            Test::Secret => test_secret(out, opts),
+            Test::Wait => test_wait(out),
             Test::Poweroff => out.check("poweroff: requested", Ok(())),
             Test::Reboot => {
                 out.check("reboot: requested", Ok(()));
@@ -163,6 +165,65 @@ impl Output {
 }
 
 // ---- boot ----
+
+/// `secret`: one page of secret words in this process's private memory,
+/// locked, kept until the VM ends; reports its guest-physical address.
+fn test_secret(out: &mut Output, opts: &Options) {
+    use cloister_guest_agent::secret::{next, PAGE_WORDS};
+    /// One page, page-aligned: the secret fills exactly one frame.
+    #[repr(C, align(4096))]
+    struct Page([u64; PAGE_WORDS]);
+    let page: &'static mut Page = Box::leak(Box::new(Page([0; PAGE_WORDS])));
+    let mut state = opts.secret_seed;
+    for word in &mut page.0 {
+        state = next(state);
+        *word = state;
+    }
+    let va = page.0.as_ptr() as usize;
+    // SAFETY: locks our own page in memory (no swap in the guest anyway).
+    let locked = unsafe { libc::mlock(va as *const libc::c_void, 4096) } == 0;
+    match guest_physical(va) {
+        Ok(ipa) => {
+            out.line(&Line::fact("secret_ipa", format!("{ipa:#x}")));
+            out.check(
+                "secret: page held",
+                if locked {
+                    Ok(())
+                } else {
+                    Err("mlock failed".into())
+                },
+            );
+        }
+        Err(e) => out.check("secret: page held", Err(e)),
+    }
+}
+
+/// The guest-physical address behind `va` in this process.
+fn guest_physical(va: usize) -> Result<u64, String> {
+    let pagemap = File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+    let mut entry = [0u8; 8];
+    pagemap
+        .read_exact_at(&mut entry, (va / 4096 * 8) as u64)
+        .map_err(|e| format!("reading pagemap: {e}"))?;
+    let entry = u64::from_le_bytes(entry);
+    if entry & 1 << 63 == 0 {
+        return Err(format!("{va:#x} is not present"));
+    }
+    Ok((entry & ((1 << 55) - 1)) << 12 | (va as u64 & 0xfff))
+}
+
+/// `wait`: tells the host it is waiting and reads one line from hvc0.
+fn test_wait(out: &mut Output) {
+    use std::io::BufRead;
+    out.line(&Line::fact("waiting", "host"));
+    out.drain();
+    let mut line = String::new();
+    let read = File::open(HVC).and_then(|f| io::BufReader::new(f).read_line(&mut line));
+    out.check(
+        "wait: the host answered",
+        read.map(|_| ()).map_err(|e| format!("reading {HVC}: {e}")),
+    );
+}
 
 fn test_boot(out: &mut Output) {
     out.line(&Line::fact("kernel_release", kernel_release()));

@@ -2,9 +2,10 @@
 //! looks for it without ever holding it.
 //!
 //! The guest fills one page with words `s1..s512` of the xorshift64
-//! (13, 7, 17) sequence from a seed the test chooses (`seed=` on the guest's
-//! command line; the conformance guest mirrors [`next`] and checks the same
-//! test vector). A scan looks for [`MATCH_WORDS`] consecutive words of the
+//! (13, 7, 17) sequence from a seed the test chooses (`seed=` on the
+//! conformance guest's command line, which mirrors [`next`] and checks the
+//! same test vector; `cloister.secret_seed=` for the Linux guest agent's
+//! `secret` test). A scan looks for [`MATCH_WORDS`] consecutive words of the
 //! sequence, regenerating each word as it compares, so the scanner's own
 //! memory never holds a run of them: a hit is a real leak.
 
