@@ -87,7 +87,7 @@ pub fn write_from(va: u64, judge: impl Fn(Probe) -> String) -> String {
     let mut back = [0u8; PAGE];
     match fs::File::open(&path).and_then(|f| f.read_exact_at(&mut back, 0)) {
         Ok(()) => {
-            let at = (va - page) as usize;
+            let at = usize::try_from(va - page).unwrap_or(0);
             let mut word = [0u8; 8];
             word.copy_from_slice(&back[at..at + 8]);
             format!(

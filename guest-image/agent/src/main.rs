@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 #[cfg(target_arch = "aarch64")]
 mod direct_io;
 #[cfg(target_arch = "aarch64")]
+mod linux_guest;
+#[cfg(target_arch = "aarch64")]
 mod probe;
 #[cfg(target_arch = "aarch64")]
 mod vms;
@@ -107,6 +109,26 @@ const SCENARIOS: &[(&str, &str)] = &[
     (
         "vmm-garbage",
         "bad ioctls, regions and a vCPU run twice at once: mainline's errors, no oops",
+    ),
+    (
+        "linux-boot-protected",
+        "the stock Linux guest boots to its agent as a protected VM; reports CPUs, pKVM services, DMA pool",
+    ),
+    (
+        "linux-boot-normal",
+        "the stock Linux guest as a normal VM",
+    ),
+    (
+        "linux-blk",
+        "the Linux guest's virtio-blk IO (guest_memfd): data checked, the secret unreadable during IO, only the DMA pool shared",
+    ),
+    (
+        "linux-blk-anon",
+        "linux-blk on pinned anonymous memory",
+    ),
+    (
+        "linux-teardown",
+        "the Linux guest ends by poweroff, reboot and SIGKILL mid-IO: every page back, no secret in host RAM",
     ),
 ];
 
@@ -246,6 +268,16 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "pkvm-promises" => vms::pkvm_promises(),
         #[cfg(target_arch = "aarch64")]
         "vmm-garbage" => vms::vmm_garbage(),
+        #[cfg(target_arch = "aarch64")]
+        "linux-boot-protected" => linux_guest::boot(true),
+        #[cfg(target_arch = "aarch64")]
+        "linux-boot-normal" => linux_guest::boot(false),
+        #[cfg(target_arch = "aarch64")]
+        "linux-blk" => linux_guest::blk("guest-memfd", 64),
+        #[cfg(target_arch = "aarch64")]
+        "linux-blk-anon" => linux_guest::blk("anon", 16),
+        #[cfg(target_arch = "aarch64")]
+        "linux-teardown" => linux_guest::teardown(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(

@@ -37,7 +37,7 @@ const CONFORMANCE: &str = "/lib/cloister/conformance.bin";
 
 /// A seed no two runs share (the secret must not be a constant that could
 /// sit in some binary in host RAM).
-fn fresh_seed() -> u64 {
+pub(crate) fn fresh_seed() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -87,7 +87,7 @@ fn kernel_complaints() -> Vec<String> {
         .collect()
 }
 
-fn kernel_clean() -> Report {
+pub(crate) fn kernel_clean() -> Report {
     let bad = kernel_complaints();
     check("kernel_log_clean", bad.is_empty(), bad.join(" | "))
 }
@@ -277,26 +277,31 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
     }
 }
 
-/// The frame the host driver gave this process's VM at `ipa`, from its
-/// debugfs page list (`gfn pfn donated|shared` lines).
-fn driver_pfn(ipa: u64) -> Result<u64, String> {
+/// The host driver's page list (`gfn pfn donated|shared` lines, debugfs)
+/// of the VM whose VMM is process `pid`.
+pub(crate) fn vm_pages_of(pid: u32) -> Result<String, String> {
     let dir = "/sys/kernel/debug/cloister";
     if !std::path::Path::new(dir).exists() {
         let _ = fs::create_dir_all("/sys/kernel/debug");
         crate::mount("debugfs", "/sys/kernel/debug");
     }
     let vms = fs::read_to_string(format!("{dir}/vms")).map_err(|e| format!("{dir}/vms: {e}"))?;
-    let pid = format!("pid={}", std::process::id());
+    let pid = format!("pid={pid}");
     let handle = vms
         .lines()
         .find(|l| l.split_whitespace().any(|w| w == pid))
         .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("handle=")))
         .ok_or_else(|| format!("no VM of {pid} in {dir}/vms: {vms:?}"))?
         .to_owned();
-    let pages = fs::read_to_string(format!("{dir}/vm-{handle}-pages"))
-        .map_err(|e| format!("{dir}/vm-{handle}-pages: {e}"))?;
+    fs::read_to_string(format!("{dir}/vm-{handle}-pages"))
+        .map_err(|e| format!("{dir}/vm-{handle}-pages: {e}"))
+}
+
+/// The frame the host driver gave this process's VM at `ipa`.
+fn driver_pfn(ipa: u64) -> Result<u64, String> {
+    let pages = vm_pages_of(std::process::id())?;
     cloister_agent::parse::driver_page_pfn(&pages, ipa >> 12)
-        .ok_or_else(|| format!("gfn {:#x} not in {dir}/vm-{handle}-pages", ipa >> 12))
+        .ok_or_else(|| format!("gfn {:#x} not in this VM's page list", ipa >> 12))
 }
 
 /// `pvm-secret` (anonymous memory) and `gmem-secret` (guest_memfd): this
@@ -783,7 +788,7 @@ pub fn bench_memory() -> Vec<Report> {
 }
 
 /// The hyp's ownership digest: (digest, pages not the host's, live VMs).
-fn digest() -> Result<(u64, u64, u64), String> {
+pub(crate) fn digest() -> Result<(u64, u64, u64), String> {
     let r = hypercall_regs(&call_line(hc::OWNERSHIP_DIGEST, &[]))?;
     if r[0] != ret::SUCCESS {
         return Err(format!("OWNERSHIP_DIGEST failed: {:#x} {:#x}", r[0], r[1]));
@@ -799,7 +804,7 @@ fn system_ram() -> Result<Vec<(u64, u64)>, String> {
 
 /// Reads all of System RAM through /dev/mem and counts places where the
 /// secret of any of `seeds` starts.
-fn scan_ram(seeds: &[u64]) -> Result<usize, String> {
+pub(crate) fn scan_ram(seeds: &[u64]) -> Result<usize, String> {
     use std::os::unix::fs::FileExt;
     let mem = fs::File::open("/dev/mem").map_err(|e| format!("/dev/mem: {e}"))?;
     let mut hits = 0;
