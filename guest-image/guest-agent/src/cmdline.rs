@@ -12,6 +12,10 @@ pub const SEED_KEY: &str = "cloister.seed";
 pub const BLK_DEV_KEY: &str = "cloister.blk_dev";
 /// The `secret` test's seed.
 pub const SECRET_SEED_KEY: &str = "cloister.secret_seed";
+/// Requests of each kind the `randio` test makes.
+pub const RAND_OPS_KEY: &str = "cloister.rand_ops";
+/// Default of [`RAND_OPS_KEY`].
+pub const DEFAULT_RAND_OPS: u64 = 2000;
 
 /// `cloister.blk_mib` when absent.
 pub const DEFAULT_BLK_MIB: u64 = 64;
@@ -29,6 +33,9 @@ pub enum Test {
     Boot,
     /// Write, read back and check the disk, `O_DIRECT` and buffered.
     Blk,
+    /// 4 KiB random `O_DIRECT` writes, then reads, over the first
+    /// `blk_mib` MiB (`cloister.rand_ops` of each).
+    Randio,
     /// Keep a page of [`crate::secret`] words from `cloister.secret_seed`
     /// in private memory until the run ends; report its guest-physical
     /// address (`secret_ipa`).
@@ -44,9 +51,10 @@ pub enum Test {
 
 impl Test {
     /// Every test with its command-line name.
-    pub const ALL: [(Test, &'static str); 6] = [
+    pub const ALL: [(Test, &'static str); 7] = [
         (Test::Boot, "boot"),
         (Test::Blk, "blk"),
+        (Test::Randio, "randio"),
         (Test::Secret, "secret"),
         (Test::Wait, "wait"),
         (Test::Poweroff, "poweroff"),
@@ -82,6 +90,8 @@ pub struct Options {
     pub blk_dev: String,
     /// The `secret` test's seed.
     pub secret_seed: u64,
+    /// Requests of each kind the `randio` test makes.
+    pub rand_ops: u64,
 }
 
 /// A command line the agent cannot follow.
@@ -133,6 +143,7 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
         seed: DEFAULT_SEED,
         blk_dev: DEFAULT_BLK_DEV.to_owned(),
         secret_seed: DEFAULT_SEED,
+        rand_ops: DEFAULT_RAND_OPS,
     };
     for word in cmdline.split_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
@@ -163,6 +174,15 @@ pub fn parse(cmdline: &str) -> Result<Options, CmdlineError> {
                 })?;
             }
             BLK_DEV_KEY => value.clone_into(&mut opts.blk_dev),
+            RAND_OPS_KEY => {
+                opts.rand_ops = parse_number(value)
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| CmdlineError::BadNumber {
+                        key: RAND_OPS_KEY,
+                        value: value.into(),
+                        expected: "a count, 1..=1000000",
+                    })?;
+            }
             SECRET_SEED_KEY => {
                 opts.secret_seed = parse_number(value).ok_or_else(|| CmdlineError::BadNumber {
                     key: SECRET_SEED_KEY,
@@ -204,6 +224,7 @@ mod tests {
                 seed: 1,
                 blk_dev: "/dev/vda".into(),
                 secret_seed: 1,
+                rand_ops: DEFAULT_RAND_OPS,
             }
         );
     }
@@ -251,7 +272,7 @@ mod tests {
         assert_eq!(err, CmdlineError::UnknownTest("disk".into()));
         assert!(err
             .to_string()
-            .contains("known tests: boot, blk, secret, wait, poweroff, reboot"));
+            .contains("known tests: boot, blk, randio, secret, wait, poweroff, reboot"));
         for bad in [
             "cloister.blk_mib=0",
             "cloister.blk_mib=x",

@@ -11,11 +11,12 @@
 //!
 //! | key | default | meaning |
 //! | --- | --- | --- |
-//! | `cloister.test=<t>[,<t>...]` | none: a shell on hvc0 | tests to run, in order: `secret`, `boot`, `blk`, `wait`, then optionally `poweroff` or `reboot` last |
+//! | `cloister.test=<t>[,<t>...]` | none: a shell on hvc0 | tests to run, in order: `secret`, `boot`, `blk`, `randio`, `wait`, then optionally `poweroff` or `reboot` last |
 //! | `cloister.blk_mib=<n>` | 64 | MiB the `blk` test writes and reads at the start of the disk |
 //! | `cloister.seed=<n>` | 1 | seed of the `blk` pattern (decimal or `0x` hex) |
 //! | `cloister.blk_dev=<path>` | `/dev/vda` | the disk the `blk` test overwrites |
 //! | `cloister.secret_seed=<n>` | 1 | seed of the `secret` test's page ([`secret`]) |
+//! | `cloister.rand_ops=<n>` | 2000 | 4 KiB requests of each kind (write, read) the `randio` test makes |
 //!
 //! After the tests the agent powers the VM off (PSCI SYSTEM_OFF through
 //! `reboot(RB_POWER_OFF)`), or reboots it (`RB_AUTOBOOT`, PSCI SYSTEM_RESET)
@@ -60,6 +61,15 @@
 //! | `mmio_guard` | `yes` when the features offer MMIO_GUARD (the driver then guards every device ioremap), else `no` |
 //! | `restricted_dma_pool` | `<base> <size> MiB` from `kernel/dma/swiotlb.c`'s `Reserved memory: created restricted DMA pool at ...`, or `none` |
 //! | `restricted_dma_devices` | the devices `drivers/of` attached a reserved-memory pool to (`... <dev>: assigned reserved memory node ...`), space-separated, or `none` |
+//!
+//! ## `randio` facts
+//!
+//! `rand_write_iops`, `rand_read_iops`: 4 KiB `O_DIRECT` requests per second
+//! at random 4 KiB-aligned offsets of the first `blk_mib` MiB (the writes'
+//! data is the [`pattern`] of `seed ^ 0x52414e44`); `randio_requests_before`
+//! and `randio_requests_after`, and `blk_requests_before` / `_after` around
+//! `blk`: the disk's completed requests (reads + writes from
+//! `/sys/block/<dev>/stat`), so the host can count transitions per request.
 //!
 //! ## `secret` and `wait`
 //!

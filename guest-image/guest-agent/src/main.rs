@@ -93,6 +93,7 @@ fn run(out: &mut Output, opts: &Options) -> End {
         match test {
             Test::Boot => test_boot(out),
             Test::Blk => test_blk(out, opts),
+            Test::Randio => test_randio(out, opts),
             Test::Secret => test_secret(out, opts),
             Test::Wait => test_wait(out),
             Test::Poweroff => out.check("poweroff: requested", Ok(())),
@@ -307,8 +308,73 @@ fn kernel_log() -> io::Result<String> {
 
 // ---- blk ----
 
+/// Requests `dev` completed so far (reads + writes, /sys/block/<dev>/stat).
+fn completed_requests(dev: &str) -> Option<u64> {
+    let name = dev.rsplit('/').next()?;
+    let stat = fs::read_to_string(format!("/sys/block/{name}/stat")).ok()?;
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some(fields.first()? + fields.get(4)?)
+}
+
+/// `randio`: `rand_ops` 4 KiB `O_DIRECT` writes at random 4 KiB-aligned
+/// offsets of the first `blk_mib` MiB, then as many reads; reports IOPS.
+fn test_randio(out: &mut Output, opts: &Options) {
+    let dev = opts.blk_dev.as_str();
+    if let Some(n) = completed_requests(dev) {
+        out.line(&Line::fact("randio_requests_before", n));
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+    {
+        Ok(f) => f,
+        Err(e) => return out.check("randio: open", Err(format!("{dev}: {e}"))),
+    };
+    let mut storage = vec![0u8; 2 * 4096];
+    let start = storage.as_ptr().align_offset(4096);
+    let buf = &mut storage[start..start + 4096];
+    let blocks = opts.blk_mib * (CHUNK as u64 / 4096);
+    let mut rng = Pattern::new(opts.seed ^ 0x5241_4e44);
+    for (name, write) in [("write", true), ("read", false)] {
+        let began = Instant::now();
+        let mut result = Ok(());
+        for _ in 0..opts.rand_ops {
+            let at = rng.next_word() % blocks * 4096;
+            let r = if write {
+                rng.fill(buf);
+                file.write_all_at(buf, at)
+            } else {
+                file.read_exact_at(buf, at)
+            };
+            if let Err(e) = r {
+                result = Err(format!("4 KiB {name} at {at:#x}: {e}"));
+                break;
+            }
+        }
+        let secs = began.elapsed().as_secs_f64();
+        if result.is_ok() && secs > 0.0 {
+            out.line(&Line::fact(
+                &format!("rand_{name}_iops"),
+                format!("{:.0}", opts.rand_ops as f64 / secs),
+            ));
+        }
+        out.check(&format!("randio: 4 KiB random {name}s"), result);
+    }
+    if let Some(n) = completed_requests(dev) {
+        out.line(&Line::fact("randio_requests_after", n));
+    }
+}
+
 fn test_blk(out: &mut Output, opts: &Options) {
     let dev = opts.blk_dev.as_str();
+    if let Some(n) = completed_requests(dev) {
+        out.line(&Line::fact("blk_requests_before", n));
+    }
     out.line(&Line::fact("blk_device", dev));
     out.line(&Line::fact("blk_mib", opts.blk_mib));
     out.line(&Line::fact("blk_seed", format!("{:#x}", opts.seed)));
@@ -378,6 +444,9 @@ fn test_blk(out: &mut Output, opts: &Options) {
             out.check("blk: O_DIRECT read of the buffered write", Ok(()));
         }
         Err(e) => out.check("blk: O_DIRECT read of the buffered write", Err(e)),
+    }
+    if let Some(n) = completed_requests(dev) {
+        out.line(&Line::fact("blk_requests_after", n));
     }
 }
 
