@@ -46,7 +46,57 @@ enum BenchKind {
         #[arg(long, default_value = HYP_STACK)]
         stack: String,
     },
+    /// The Linux guest's disk IO: (a) protected and (b) normal on Cloister,
+    /// (c) a normal guest on plain QEMU (TCG, no hyp), with the ratios and
+    /// the transitions per request.
+    Io {
+        /// Stack to boot (needs the hyp and a `[guest]`).
+        #[arg(long, default_value = HYP_STACK)]
+        stack: String,
+    },
 }
+
+/// The IO bench's rows: agent fact suffix, label, the plain-QEMU guest's
+/// fact for it.
+const IO_ROWS: &[(&str, &str, &str)] = &[
+    (
+        "seq_write_mbps",
+        "sequential write, O_DIRECT 1 MiB (MB/s)",
+        "blk_direct_write_mbps",
+    ),
+    (
+        "seq_read_mbps",
+        "sequential read, O_DIRECT 1 MiB (MB/s)",
+        "blk_direct_read_mbps",
+    ),
+    (
+        "buffered_write_mbps",
+        "buffered write + fsync (MB/s)",
+        "blk_buffered_write_mbps",
+    ),
+    (
+        "buffered_read_mbps",
+        "buffered read (MB/s)",
+        "blk_buffered_read_mbps",
+    ),
+    (
+        "rand_write_iops",
+        "4 KiB random write, O_DIRECT (IOPS)",
+        "rand_write_iops",
+    ),
+    (
+        "rand_read_iops",
+        "4 KiB random read, O_DIRECT (IOPS)",
+        "rand_read_iops",
+    ),
+];
+
+/// The IO bench's transition rows: agent fact suffix, label.
+const IO_TRANSITIONS: &[(&str, &str)] = &[
+    ("guest_hyp_per_req", "guest -> hyp"),
+    ("hyp_host_per_req", "hyp -> host"),
+    ("host_vmm_per_req", "host -> VMM"),
+];
 
 /// Longest the memory bench's boot may take.
 const MEMORY_BENCH_TIMEOUT: Duration = Duration::from_secs(600);
@@ -85,6 +135,7 @@ impl Bench {
         match self.what {
             BenchKind::Boot { runs, direct, hyp } => bench_boot(runs, &direct, &hyp),
             BenchKind::Memory { stack } => bench_memory(&stack),
+            BenchKind::Io { stack } => bench_io(&stack),
         }
     }
 }
@@ -163,57 +214,13 @@ fn bench_boot(runs: usize, direct: &str, hyp: &str) -> Result<()> {
 }
 
 fn bench_memory(stack_name: &str) -> Result<()> {
-    use cloister_agent::protocol::Report;
     let root = crate::project_root();
     let stack = stack::load(&root, stack_name)?;
     if !stack.file.hyp.enabled {
         bail!("--stack {stack_name} has no hypervisor; the memory bench needs one");
     }
-    let manifest = build::build_image(stack_name, false)?;
-    let paths = ArtifactPaths::from_manifest(&manifest)?;
     let work = crate::cloister_dir().join("bench").join("memory");
-    let files = crate::e2e::ScenarioFiles::new(&work)?;
-    let opts = BootOptions {
-        extra_cmdline: qemu::agent_cmdline("bench-memory"),
-        results: Some(files.results.clone()),
-        ..BootOptions::new(Console::File(files.console.clone()))
-    };
-    let paths = qemu::prepare_boot(&stack, &paths, &opts, &work)?;
-    let mut cmd = Command::new(qemu::binary()?);
-    cmd.args(qemu::args(&stack, &paths, &opts));
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_message(format!(
-        "bench-memory on {stack_name} (console: {})",
-        files.console.display()
-    ));
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let end = crate::e2e::run_boot(&mut cmd, &files.qemu_log, MEMORY_BENCH_TIMEOUT)?;
-    spinner.finish_and_clear();
-    let results = std::fs::read_to_string(&files.results).unwrap_or_default();
-    let mut facts = std::collections::BTreeMap::new();
-    let mut failed = Vec::new();
-    for line in results.lines().filter(|l| !l.trim().is_empty()) {
-        match Report::from_line(line) {
-            Ok(Report::Fact { key, value }) => {
-                facts.insert(key, value);
-            }
-            Ok(Report::Check {
-                name,
-                ok: false,
-                detail,
-            }) => failed.push(format!("{name}: {detail}")),
-            Ok(_) => {}
-            Err(e) => bail!("{}: {e}", files.results.display()),
-        }
-    }
-    if !failed.is_empty() || facts.is_empty() {
-        let tail = crate::stage::tail(&files.console, 25).join("\n");
-        bail!(
-            "the memory bench failed ({end:?}): {}\n--- console tail ---\n{tail}\n--- console log: {} ---",
-            if failed.is_empty() { "no measurements".to_string() } else { failed.join("; ") },
-            files.console.display()
-        );
-    }
+    let facts = agent_facts(stack_name, "bench-memory", &work, MEMORY_BENCH_TIMEOUT)?;
     println!("256 MiB protected guest, one boot of {stack_name}:");
     println!(
         "  {:46} {:>10} {:>12} {:>10}",
@@ -239,6 +246,192 @@ fn bench_memory(stack_name: &str) -> Result<()> {
         );
     }
     let out = work.join("memory.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    println!("  raw: {}", out.display());
+    Ok(())
+}
+
+/// Boots `stack_name` with the agent running `scenario` and returns its
+/// facts; fails with the console's tail if a check failed or nothing came.
+fn agent_facts(
+    stack_name: &str,
+    scenario: &str,
+    work: &Path,
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    use cloister_agent::protocol::Report;
+    let root = crate::project_root();
+    let stack = stack::load(&root, stack_name)?;
+    let manifest = build::build_image(stack_name, false)?;
+    let paths = ArtifactPaths::from_manifest(&manifest)?;
+    let files = crate::e2e::ScenarioFiles::new(work)?;
+    let opts = BootOptions {
+        extra_cmdline: qemu::agent_cmdline(scenario),
+        results: Some(files.results.clone()),
+        ..BootOptions::new(Console::File(files.console.clone()))
+    };
+    let paths = qemu::prepare_boot(&stack, &paths, &opts, work)?;
+    let mut cmd = Command::new(qemu::binary()?);
+    cmd.args(qemu::args(&stack, &paths, &opts));
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "{scenario} on {stack_name} (console: {})",
+        files.console.display()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let end = crate::e2e::run_boot(&mut cmd, &files.qemu_log, timeout)?;
+    spinner.finish_and_clear();
+    let results = std::fs::read_to_string(&files.results).unwrap_or_default();
+    let mut facts = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for line in results.lines().filter(|l| !l.trim().is_empty()) {
+        match Report::from_line(line) {
+            Ok(Report::Fact { key, value }) => {
+                facts.insert(key, value);
+            }
+            Ok(Report::Check {
+                name,
+                ok: false,
+                detail,
+            }) => failed.push(format!("{name}: {detail}")),
+            Ok(_) => {}
+            Err(e) => bail!("{}: {e}", files.results.display()),
+        }
+    }
+    if !failed.is_empty() || facts.is_empty() {
+        let tail = crate::stage::tail(&files.console, 25).join("\n");
+        bail!(
+            "{scenario} failed ({end:?}): {}\n--- console tail ---\n{tail}\n--- console log: {} ---",
+            if failed.is_empty() { "no measurements".to_string() } else { failed.join("; ") },
+            files.console.display()
+        );
+    }
+    Ok(facts)
+}
+
+/// Runs the guest with `boot,blk,randio` on plain QEMU (configuration (c))
+/// and returns its report.
+fn plain_qemu_io(
+    manifest: &crate::manifest::Manifest,
+    guest: &crate::stack::GuestSection,
+    dir: &Path,
+) -> Result<cloister_guest_agent::report::Report> {
+    let files = crate::e2e::ScenarioFiles::new(dir)?;
+    let disk = dir.join("disk.img");
+    crate::guest::create_disk(&disk, guest.disk_mib.max(IO_BENCH_MIB))?;
+    let mut extra = crate::guest::test_cmdline("boot,blk,randio", IO_BENCH_MIB, 0x5eed);
+    extra.push(format!("cloister.rand_ops={IO_BENCH_RAND_OPS}"));
+    let boot = crate::guest::PlainBoot {
+        kernel: manifest
+            .output(crate::manifest::GUEST_KERNEL)?
+            .to_path_buf(),
+        initramfs: manifest
+            .output(crate::manifest::GUEST_INITRAMFS)?
+            .to_path_buf(),
+        disk,
+        console: crate::guest::GuestConsole::File(files.console.clone()),
+        serial: dir.join("serial.log"),
+        extra_cmdline: extra,
+    };
+    let mut cmd = Command::new(qemu::binary()?);
+    cmd.args(crate::guest::plain_qemu_args(guest, &boot));
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "the guest on plain QEMU (console: {})",
+        files.console.display()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let end = crate::e2e::run_boot(&mut cmd, &files.qemu_log, Duration::from_secs(600))?;
+    spinner.finish_and_clear();
+    let console = std::fs::read_to_string(&files.console).unwrap_or_default();
+    let report = cloister_guest_agent::report::Report::parse(&console)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", files.console.display()))?;
+    if report.result != Some(true) {
+        let tail = crate::stage::tail(&files.console, 25).join("\n");
+        bail!(
+            "the plain-QEMU guest run failed ({end:?}):\n{tail}\n--- console log: {} ---",
+            files.console.display()
+        );
+    }
+    Ok(report)
+}
+
+/// Sequential MiB and random requests of the IO bench (the agent's
+/// `bench-io` uses the same).
+const IO_BENCH_MIB: u32 = 32;
+const IO_BENCH_RAND_OPS: u32 = 1000;
+
+fn bench_io(stack_name: &str) -> Result<()> {
+    let root = crate::project_root();
+    let stack = stack::load(&root, stack_name)?;
+    if !stack.file.hyp.enabled {
+        bail!("--stack {stack_name} has no hypervisor; the IO bench needs one");
+    }
+    let Some(guest) = stack.file.guest.clone() else {
+        bail!("--stack {stack_name} has no [guest] table; the IO bench boots its Linux guest");
+    };
+    let work = crate::cloister_dir().join("bench").join("io");
+    let facts = agent_facts(
+        stack_name,
+        "bench-io",
+        &work.join("cloister"),
+        Duration::from_secs(900),
+    )?;
+    let manifest = build::build_image(stack_name, false)?;
+    let plain = plain_qemu_io(&manifest, &guest, &work.join("plain-qemu"))?;
+
+    println!(
+        "Linux guest disk IO on {stack_name} ({IO_BENCH_MIB} MiB sequential, \
+         {IO_BENCH_RAND_OPS} x 4 KiB random; everything under TCG):"
+    );
+    println!(
+        "  {:42} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "", "(a) pvm", "(b) normal", "(c) QEMU", "a/b", "a/c"
+    );
+    let num = |v: Option<&str>| v.and_then(|v| v.parse::<f64>().ok());
+    let ratio = |x: Option<&str>, y: Option<&str>| match (num(x), num(y)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "-".into(),
+    };
+    let mut json = serde_json::Map::new();
+    for (suffix, label, plain_key) in IO_ROWS {
+        let a = facts
+            .get(&format!("protected_{suffix}"))
+            .map(String::as_str);
+        let b = facts.get(&format!("normal_{suffix}")).map(String::as_str);
+        let c = plain.fact(plain_key);
+        let (ab, ac) = (ratio(a, b), ratio(a, c));
+        println!(
+            "  {label:42} {:>10} {:>10} {:>10} {ab:>6} {ac:>6}",
+            a.unwrap_or("-"),
+            b.unwrap_or("-"),
+            c.unwrap_or("-")
+        );
+        json.insert(
+            (*suffix).into(),
+            serde_json::json!({ "protected": a, "normal": b, "plain_qemu": c, "a_b": ab, "a_c": ac }),
+        );
+    }
+    println!("  transitions per disk request, during the IO (seed's terms):");
+    for (suffix, label) in IO_TRANSITIONS {
+        let a = facts
+            .get(&format!("protected_{suffix}"))
+            .map_or("-", String::as_str);
+        let b = facts
+            .get(&format!("normal_{suffix}"))
+            .map_or("-", String::as_str);
+        println!("    {label:40} {a:>10} {b:>10}");
+        json.insert(
+            (*suffix).into(),
+            serde_json::json!({ "protected": a, "normal": b }),
+        );
+    }
+    for kind in ["protected", "normal"] {
+        if let Some(n) = facts.get(&format!("{kind}_requests")) {
+            println!("  ({kind}: {n} disk requests)");
+        }
+    }
+    let out = work.join("io.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("  raw: {}", out.display());
     Ok(())

@@ -586,3 +586,126 @@ pub fn teardown() -> Vec<Report> {
     out.push(kernel_clean());
     out
 }
+
+/// Transition counters of a running VM, summed over its vCPUs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Transitions {
+    /// Traps from the guest into the hyp (`VM_STATS`).
+    guest_hyp: u64,
+    /// `VCPU_RUN` returns: exits from the hyp to the host (`VM_STATS`).
+    hyp_host: u64,
+    /// `KVM_RUN` returns: exits from the host kernel to the VMM (driver).
+    host_vmm: u64,
+}
+
+fn transitions(pid: u32) -> Result<Transitions, String> {
+    let (handle, exits) = crate::vms::vm_handle_and_file(pid, "exits")?;
+    let raw = cloister_guest_agent::cmdline::parse_number(&handle)
+        .ok_or_else(|| format!("VM handle {handle:?}"))?;
+    let r = crate::hypercall_regs(&crate::call_line(
+        cloister_hyp_core::abi::hc::VM_STATS,
+        &[raw],
+    ))?;
+    if r[0] != cloister_hyp_core::abi::ret::SUCCESS {
+        return Err(format!("VM_STATS({handle}): {:#x} {:#x}", r[0], r[1]));
+    }
+    Ok(Transitions {
+        guest_hyp: r[1],
+        hyp_host: r[2],
+        host_vmm: cloister_agent::parse::sum_key(&exits, "kvm_run"),
+    })
+}
+
+/// `bench-io` (`cargo xtask bench io`): the same guest kernel and disk as
+/// a protected and as a normal VM: sequential (1 MiB) and 4 KiB random
+/// throughput, and transitions per disk request during the IO.
+pub fn bench_io() -> Vec<Report> {
+    let mut out = Vec::new();
+    for (label, protected) in [("protected", true), ("normal", false)] {
+        if let Err(e) = bench_one(label, protected, &mut out) {
+            out.push(check(&format!("{label}_run"), false, e));
+        }
+    }
+    out.push(host_alive());
+    out.push(kernel_clean());
+    out
+}
+
+fn bench_one(label: &str, protected: bool, out: &mut Vec<Report>) -> Result<(), String> {
+    const BENCH_MIB: u64 = 32;
+    let conf = guest_conf()?;
+    let disk = disk_file("bench-io", BENCH_MIB.max(conf.disk_mib))?;
+    let spec = GuestSpec {
+        protected,
+        memory: None,
+        args: format!(
+            "cloister.test=boot,blk,randio,wait,poweroff cloister.blk_mib={BENCH_MIB} \
+             cloister.seed={:#x} cloister.rand_ops=1000",
+            fresh_seed()
+        ),
+        disk: Some(&disk),
+    };
+    let started = Instant::now();
+    let mut guest = start(&conf, &spec)?;
+    let pid = guest.child.id();
+    let mut before = None;
+    let mut after = None;
+    while started.elapsed() < RUN_TIMEOUT {
+        match guest.next_line(Duration::from_millis(200)) {
+            Err(()) => break,
+            Ok(Some(Line::Fact { key, .. })) if key == "blk_requests_before" => {
+                before = Some(transitions(pid)?);
+            }
+            Ok(Some(Line::Fact { key, .. })) if key == "waiting" => {
+                after = Some(transitions(pid)?);
+                guest.answer()?;
+            }
+            Ok(_) => {}
+        }
+    }
+    let end = guest.finish(started)?;
+    let _ = fs::remove_file(&disk);
+    out.push(end.verdict(&format!("{label}_run")));
+    for (key, name) in [
+        ("blk_direct_write_mbps", "seq_write_mbps"),
+        ("blk_direct_read_mbps", "seq_read_mbps"),
+        ("blk_buffered_write_mbps", "buffered_write_mbps"),
+        ("blk_buffered_read_mbps", "buffered_read_mbps"),
+        ("rand_write_iops", "rand_write_iops"),
+        ("rand_read_iops", "rand_read_iops"),
+    ] {
+        if let Some(v) = end.report.fact(key) {
+            out.push(fact(&format!("{label}_{name}"), v.to_owned()));
+        }
+    }
+    let number = |key: &str| {
+        end.report
+            .fact(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("the guest reported no {key}"))
+    };
+    let requests = number("randio_requests_after")?.saturating_sub(number("blk_requests_before")?);
+    let (Some(b), Some(a)) = (before, after) else {
+        return Err("no counters sampled around the IO".into());
+    };
+    out.push(fact(&format!("{label}_requests"), requests.to_string()));
+    let per = |x: u64, y: u64| {
+        format!(
+            "{:.2}",
+            (x.saturating_sub(y)) as f64 / requests.max(1) as f64
+        )
+    };
+    out.push(fact(
+        &format!("{label}_guest_hyp_per_req"),
+        per(a.guest_hyp, b.guest_hyp),
+    ));
+    out.push(fact(
+        &format!("{label}_hyp_host_per_req"),
+        per(a.hyp_host, b.hyp_host),
+    ));
+    out.push(fact(
+        &format!("{label}_host_vmm_per_req"),
+        per(a.host_vmm, b.host_vmm),
+    ));
+    Ok(())
+}

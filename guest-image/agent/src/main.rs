@@ -127,6 +127,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "linux-blk on pinned anonymous memory",
     ),
     (
+        "bench-io",
+        "cargo xtask bench io's measurements: the Linux guest's disk throughput and transitions per request, protected and normal",
+    ),
+    (
         "linux-teardown",
         "the Linux guest ends by poweroff, reboot and SIGKILL mid-IO: every page back, no secret in host RAM",
     ),
@@ -278,6 +282,8 @@ fn run_scenario(scenario: &str) -> Vec<Report> {
         "linux-blk-anon" => linux_guest::blk("anon", 16),
         #[cfg(target_arch = "aarch64")]
         "linux-teardown" => linux_guest::teardown(),
+        #[cfg(target_arch = "aarch64")]
+        "bench-io" => linux_guest::bench_io(),
         other => {
             let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
             vec![check(

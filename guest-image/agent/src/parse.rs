@@ -145,3 +145,28 @@ mod tests {
         assert_eq!(entry_el(["6,1,0,-;Booting Linux"]), None);
     }
 }
+
+/// The sum of every `key=N` word in `text` (the driver's per-vCPU counter
+/// lines, `vcpu=0 kvm_run=12 ...`); words that do not parse count 0.
+pub fn sum_key(text: &str, key: &str) -> u64 {
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod sum_key_tests {
+    use super::sum_key;
+
+    #[test]
+    fn sums_one_key_over_every_vcpu_line() {
+        let text =
+            "vcpu=0 kvm_run=12 interrupted=3 errors=0\nvcpu=1 kvm_run=30 interrupted=1 errors=0\n";
+        assert_eq!(sum_key(text, "kvm_run"), 42);
+        assert_eq!(sum_key(text, "interrupted"), 4);
+        assert_eq!(sum_key(text, "missing"), 0);
+        assert_eq!(sum_key("kvm_run=x kvm_run=5", "kvm_run"), 5);
+    }
+}

@@ -280,6 +280,18 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
 /// The host driver's page list (`gfn pfn donated|shared` lines, debugfs)
 /// of the VM whose VMM is process `pid`.
 pub(crate) fn vm_pages_of(pid: u32) -> Result<String, String> {
+    vm_debugfs_of(pid, "pages")
+}
+
+/// The VM handle (as the driver prints it, `0x..`) of VMM process `pid`,
+/// and the driver's debugfs file `vm-<handle>-<what>`.
+pub(crate) fn vm_debugfs_of(pid: u32, what: &str) -> Result<String, String> {
+    let (_, text) = vm_handle_and_file(pid, what)?;
+    Ok(text)
+}
+
+/// The handle of VMM `pid`'s VM and the text of its `vm-<handle>-<what>`.
+pub(crate) fn vm_handle_and_file(pid: u32, what: &str) -> Result<(String, String), String> {
     let dir = "/sys/kernel/debug/cloister";
     if !std::path::Path::new(dir).exists() {
         let _ = fs::create_dir_all("/sys/kernel/debug");
@@ -293,8 +305,9 @@ pub(crate) fn vm_pages_of(pid: u32) -> Result<String, String> {
         .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("handle=")))
         .ok_or_else(|| format!("no VM of {pid} in {dir}/vms: {vms:?}"))?
         .to_owned();
-    fs::read_to_string(format!("{dir}/vm-{handle}-pages"))
-        .map_err(|e| format!("{dir}/vm-{handle}-pages: {e}"))
+    let text = fs::read_to_string(format!("{dir}/vm-{handle}-{what}"))
+        .map_err(|e| format!("{dir}/vm-{handle}-{what}: {e}"))?;
+    Ok((handle, text))
 }
 
 /// The frame the host driver gave this process's VM at `ipa`.
