@@ -10,6 +10,7 @@
 
 pub mod arch;
 pub mod devices;
+pub mod guest_mem;
 pub mod loader;
 pub mod memory;
 #[cfg(target_arch = "aarch64")]

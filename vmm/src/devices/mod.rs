@@ -1,6 +1,8 @@
 //! Emulated devices.
 
+pub mod gic;
 pub mod pl011;
+pub mod ratelimit;
 pub mod test_dev;
 
 use std::io::Write;
