@@ -4,6 +4,7 @@ pub mod gic;
 pub mod pl011;
 pub mod ratelimit;
 pub mod test_dev;
+pub mod virtio;
 
 use std::io::Write;
 use std::sync::Mutex;
