@@ -39,7 +39,8 @@ impl ConsoleInput {
         n
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether no input is waiting.
+    pub fn is_empty(&self) -> bool {
         self.0.lock().map_or(true, |q| q.is_empty())
     }
 }
