@@ -454,6 +454,11 @@ pub fn run(cfg: &VmConfig, console: impl Write + Send) -> Result<GuestEnd, VmmEr
     let bus = Bus::new(console, test)
         .with_gic(Arc::clone(machine.gic()))
         .with_virtio(machine.virtio());
+    // Keeps the terminal's settings until the guest is gone.
+    let _raw = machine
+        .console_reads_stdin
+        .then(|| crate::term::RawGuard::new(libc::STDIN_FILENO))
+        .flatten();
     if machine.console_reads_stdin {
         if let Some((input, transport)) = &machine.devices.console_input {
             // Detached: it ends with stdin, or with the process.

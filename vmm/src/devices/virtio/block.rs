@@ -10,9 +10,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::desc::split::Descriptor;
@@ -29,6 +29,12 @@ use crate::guest_mem::GuestRam;
 pub const SECTOR_SIZE: u64 = 512;
 /// The request queue's size.
 const QUEUE_SIZE: u16 = 256;
+/// Data segments per request (`seg_max`): with the header and status
+/// descriptors, two requests fit in the queue (no indirect descriptors).
+const SEG_MAX: u32 = 126;
+/// `seg_max`'s offset in `struct virtio_blk_config`.
+const CONFIG_SEG_MAX: usize = 12;
+const _: () = assert!(SEG_MAX + 2 <= QUEUE_SIZE as u32, "a request fits the queue");
 /// `struct virtio_blk_outhdr`: type, reserved, sector.
 const HEADER_LEN: usize = 16;
 
@@ -227,19 +233,22 @@ impl VirtioDevice for Block {
         } else {
             0
         };
-        BASE_FEATURES | (1 << VIRTIO_BLK_F_FLUSH) | ro
+        BASE_FEATURES | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | ro
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
 
-    /// `struct virtio_blk_config`: only `capacity` (offset 0) is offered.
+    /// `struct virtio_blk_config`: `capacity` (offset 0) and `seg_max`
+    /// (12); the rest reads as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cap = self.capacity().to_le_bytes();
+        let mut config = [0u8; CONFIG_SEG_MAX + 4];
+        config[..8].copy_from_slice(&self.capacity().to_le_bytes());
+        config[CONFIG_SEG_MAX..].copy_from_slice(&SEG_MAX.to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| cap.get(at)).copied().unwrap_or(0);
+            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
         }
     }
 
@@ -379,6 +388,7 @@ mod tests {
         let lo = d.rd(0x100);
         let hi = d.rd(0x104);
         assert_eq!(u64::from(hi) << 32 | u64::from(lo), SECTORS);
+        assert_eq!(d.rd(0x10c), SEG_MAX, "seg_max");
         let mut b = [0xffu8; 2];
         d.t.read(0x100 + 0x1000, &mut b);
         assert_eq!(b, [0, 0], "past the config");
