@@ -274,6 +274,12 @@ impl Machine {
         dont_fork(&mem)?;
         register_memory(&vm, &mem, model)?;
         let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
+        if loaded.end > initrd_limit {
+            return Err(VmmError::Memory(format!(
+                "the kernel ends at {:#x}, past the DMA pool or DTB at {initrd_limit:#x}: give the guest more --mem",
+                loaded.end
+            )));
+        }
         let initrd = match &cfg.initrd {
             Some(path) => Some(load_initrd(&mem, path, loaded.end, initrd_limit)?),
             None => None,
@@ -485,6 +491,16 @@ pub fn run(cfg: &VmConfig, console: impl Write + Send) -> Result<GuestEnd, VmmEr
         n(&counts.interrupted),
         n(&machine.gic().stats().injected)
     );
+    for (slot, t) in machine.virtio().iter().enumerate() {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = t.stats();
+        eprintln!(
+            "cloister-vmm: virtio slot {slot} ({t:?}): {} notifies, {} interrupts, {} errors",
+            n(&stats.notifies),
+            n(&stats.interrupts),
+            n(&stats.errors)
+        );
+    }
     end
 }
 
@@ -515,6 +531,10 @@ fn run_vcpu<W: Write>(
             }
         };
         match exit {
+            // A kick that ended KVM_RUN without an error (as EINTR does).
+            VcpuExit::Intr => {
+                counts.interrupted.fetch_add(1, Ordering::Relaxed);
+            }
             VcpuExit::MmioRead(addr, data) => counts.mmio(bus.read(addr, data)),
             VcpuExit::MmioWrite(addr, data) => counts.mmio(bus.write(addr, data)),
             VcpuExit::SystemEvent(kind, _) => {
