@@ -320,4 +320,115 @@ mod tests {
         let _ = std::fs::remove_file(disk);
         let _ = std::fs::remove_file(log);
     }
+
+    /// The whole path over the bus: the guest enables the disk's SPI at
+    /// the distributor, sets up the device, sends a FLUSH; the completion
+    /// reaches the injector as (vCPU 0, INTID 32).
+    #[test]
+    fn a_completed_request_raises_the_disks_spi_through_the_gic() {
+        use crate::arch::layout::{GICD_BASE, GICR_BASE};
+        use crate::devices::test_dev::TestDevice;
+        use crate::devices::Bus;
+        use crate::guest_mem::PAGE_SIZE;
+        use vm_memory::Bytes;
+
+        let disk = temp("irq-disk", 1 << 20);
+        let plan = DevicePlan::open(&DeviceOptions {
+            disk: Some(disk.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let (base, intid) = plan.slots()[0];
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 0x10_0000)]).unwrap();
+        let ram = Arc::new(GuestRam::new(
+            mem,
+            SharedPages::none(0x8000_0000, 0x10_0000),
+        ));
+        let raised = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&raised);
+        let injector = move |v, i| {
+            sink.lock().unwrap().push((v, i));
+            Ok(())
+        };
+        let gic = Arc::new(Gic::new(2, Box::new(injector)).unwrap());
+        let devices = plan.build(&ram, &gic, true);
+        let bus = Bus::new(Vec::new(), TestDevice::new(Box::new(|_, _| 0)))
+            .with_gic(Arc::clone(&gic))
+            .with_virtio(devices.transports);
+        let w = |addr: u64, v: u32| {
+            bus.write(addr, &v.to_le_bytes());
+        };
+        // The distributor: on, SPI 32 group 1, edge, to vCPU 0, enabled.
+        w(GICD_BASE, 0x13);
+        w(GICD_BASE + 0x84, !0);
+        w(GICD_BASE + 0xc08, 2);
+        bus.write(
+            GICD_BASE + 0x6000 + 8 * u64::from(intid),
+            &0u64.to_le_bytes(),
+        );
+        w(GICD_BASE + 0x104, 1 << (intid - 32));
+        let mut typer = [0u8; 8];
+        bus.read(GICR_BASE + 0x8, &mut typer);
+        assert_eq!(u64::from_le_bytes(typer) >> 32, 0);
+        // The device, with its rings and buffers in the (shared) pool.
+        let pool = 0x8008_0000u64;
+        for p in 0..4 {
+            ram.shared().share(pool + p * PAGE_SIZE);
+        }
+        w(base + 0x70, 0);
+        w(base + 0x70, 3);
+        w(base + 0x24, 1);
+        w(base + 0x20, 3); // VERSION_1 | ACCESS_PLATFORM
+        w(base + 0x70, 11);
+        let mut status = [0u8; 4];
+        bus.read(base + 0x70, &mut status);
+        assert_eq!(status[0], 11, "FEATURES_OK kept");
+        w(base + 0x30, 0);
+        w(base + 0x38, 8);
+        let (desc, avail, used) = (pool, pool + 0x100, pool + 0x200);
+        for (reg, addr) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
+            w(base + reg, u32::try_from(addr & 0xffff_ffff).unwrap());
+            w(base + reg + 4, u32::try_from(addr >> 32).unwrap());
+        }
+        w(base + 0x44, 1);
+        w(base + 0x70, 15);
+        // FLUSH: header at pool+0x1000, status at pool+0x2000.
+        let m = ram.backend();
+        m.write_slice(
+            &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            GuestAddress(pool + 0x1000),
+        )
+        .unwrap();
+        let d0 = [(pool + 0x1000, 16u32, 1u16, 1u16), (pool + 0x2000, 1, 2, 0)];
+        for (i, (addr, len, flags, next)) in d0.iter().enumerate() {
+            let at = desc + 16 * i as u64;
+            m.write_obj(*addr, GuestAddress(at)).unwrap();
+            m.write_obj(*len, GuestAddress(at + 8)).unwrap();
+            m.write_obj(*flags, GuestAddress(at + 12)).unwrap();
+            m.write_obj(*next, GuestAddress(at + 14)).unwrap();
+        }
+        m.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+        m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        m.write_obj(0xffu8, GuestAddress(pool + 0x2000)).unwrap();
+        assert!(raised.lock().unwrap().is_empty());
+        assert_eq!(
+            bus.write(base + 0x50, &0u32.to_le_bytes()),
+            crate::devices::Claim::VirtioNotify
+        );
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(pool + 0x2000)).unwrap(),
+            0,
+            "S_OK"
+        );
+        assert_eq!(
+            m.read_obj::<u16>(GuestAddress(used + 2)).unwrap(),
+            1,
+            "used"
+        );
+        assert_eq!(*raised.lock().unwrap(), [(0, intid)]);
+        let mut isr = [0u8; 4];
+        bus.read(base + 0x60, &mut isr);
+        assert_eq!(isr[0], 1, "used-buffer interrupt");
+        let _ = std::fs::remove_file(disk);
+    }
 }
