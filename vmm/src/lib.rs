@@ -10,7 +10,9 @@
 
 pub mod arch;
 pub mod devices;
+pub mod guest_mem;
 pub mod loader;
 pub mod memory;
+pub mod term;
 #[cfg(target_arch = "aarch64")]
 pub mod vstate;

@@ -274,6 +274,8 @@ fn secret_cfg(mode: &str, seed: u64) -> VmConfig {
         protected: true,
         memory: None,
         configured_memory: None,
+        devices: Default::default(),
+        dma_pool_mib: cloister_vmm::arch::layout::DEFAULT_DMA_POOL_MIB,
     }
 }
 

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_userspace_memory_region2, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF,
@@ -22,9 +22,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use vm_memory::{FileOffset, GuestRegionMmap};
 
 use crate::arch::fdt::{create_fdt, FdtConfig};
-use crate::arch::layout::{fdt_addr, RAM_BASE};
+use crate::arch::layout::{dma_pool, fdt_addr, RAM_BASE};
+use crate::devices::gic::{kvm_irq_line_spi, Gic, GicError};
+use crate::devices::setup::{spawn_input_reader, DeviceOptions, DevicePlan, Devices, SetupError};
 use crate::devices::test_dev::{self, TestDevice};
-use crate::devices::Bus;
+use crate::devices::virtio::MmioTransport;
+use crate::devices::{Bus, Claim};
+use crate::guest_mem::{GuestRam, SharedPages};
 use crate::loader::{load_kernel, LoadError};
 
 /// `KVM_CREATE_VM` type of a protected VM (mainline and Android).
@@ -53,6 +57,10 @@ pub struct VmConfig {
     /// The image's configured default (`vmm.conf`), used when `memory` is
     /// `None`.
     pub configured_memory: Option<MemoryModel>,
+    /// virtio devices (console, disk).
+    pub devices: DeviceOptions,
+    /// Size of the restricted DMA pool the virtio devices use (MiB).
+    pub dma_pool_mib: u64,
 }
 
 pub use crate::memory::{MemoryModel, GUEST_MEMFD_FLAG_MMAP};
@@ -100,6 +108,20 @@ pub enum VmmError {
     /// A vCPU thread could not be started.
     #[error("starting a vCPU thread: {0}")]
     Thread(String),
+    /// A device's host file could not be opened.
+    #[error(transparent)]
+    Devices(#[from] SetupError),
+    /// The interrupt controller could not be built.
+    #[error("GIC: {0}")]
+    Gic(#[from] GicError),
+    /// The restricted DMA pool does not fit in guest RAM.
+    #[error("--dma-pool {pool_mib} MiB does not fit in {mem_mib} MiB of guest RAM (it must stay above the first quarter, below the DTB)")]
+    DmaPool {
+        /// Pool size (MiB).
+        pool_mib: u64,
+        /// Guest RAM (MiB).
+        mem_mib: u64,
+    },
 }
 
 /// How the guest ended.
@@ -126,7 +148,8 @@ const REG_X0: u64 = core_reg(0);
 /// `kvm_regs.regs.pc` (after 31 general registers and sp).
 const REG_PC: u64 = core_reg(32 * 8);
 
-/// What the guest did, counted by the vCPU threads.
+/// What the guest did, counted by the vCPU threads: each is one exit to
+/// the VMM (for "exits per I/O request" benchmarks).
 #[derive(Debug, Default)]
 pub struct ExitCounts {
     /// MEM_SHARE notices (KVM_EXIT_HYPERCALL).
@@ -135,14 +158,44 @@ pub struct ExitCounts {
     pub unshares: AtomicU64,
     /// MMIO accesses no device claimed.
     pub unclaimed_mmio: AtomicU64,
+    /// GICD / GICR accesses.
+    pub gic_mmio: AtomicU64,
+    /// virtio-mmio register accesses other than notifies.
+    pub virtio_mmio: AtomicU64,
+    /// virtio-mmio `QueueNotify` writes.
+    pub virtio_notifies: AtomicU64,
+    /// PL011 accesses.
+    pub uart_mmio: AtomicU64,
+    /// Test-device accesses.
+    pub test_dev_mmio: AtomicU64,
+    /// `KVM_RUN` ending with EINTR (kicks, signals).
+    pub interrupted: AtomicU64,
+}
+
+impl ExitCounts {
+    /// Counts one MMIO exit by the device that took it.
+    pub fn mmio(&self, claim: Claim) {
+        let counter = match claim {
+            Claim::Uart => &self.uart_mmio,
+            Claim::TestDev => &self.test_dev_mmio,
+            Claim::Gic => &self.gic_mmio,
+            Claim::Virtio => &self.virtio_mmio,
+            Claim::VirtioNotify => &self.virtio_notifies,
+            Claim::Unclaimed => &self.unclaimed_mmio,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A created VM with its guest loaded, not yet running.
 pub struct Machine {
-    vm: VmFd,
-    mem: GuestMemoryMmap,
+    vm: Arc<VmFd>,
+    ram: Arc<GuestRam>,
     vcpus: Vec<VcpuFd>,
     model: MemoryModel,
+    gic: Arc<Gic>,
+    devices: Devices,
+    console_reads_stdin: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -191,9 +244,23 @@ impl Machine {
         } else {
             0
         };
-        let vm = ioctl("KVM_CREATE_VM", kvm.create_vm_with_type(vm_type))?;
+        // Host files first: a bad --disk is reported before a VM exists.
+        let plan = DevicePlan::open(&cfg.devices)?;
+        let vm = Arc::new(ioctl("KVM_CREATE_VM", kvm.create_vm_with_type(vm_type))?);
 
         let mem_size = cfg.mem_mib << 20;
+        let virtio = plan.slots();
+        let pool = if virtio.is_empty() {
+            None
+        } else {
+            let pool = dma_pool(mem_size, cfg.dma_pool_mib << 20);
+            Some(pool.ok_or(VmmError::DmaPool {
+                pool_mib: cfg.dma_pool_mib,
+                mem_mib: cfg.mem_mib,
+            })?)
+        };
+        // The initramfs must end below the pool (or the DTB).
+        let initrd_limit = pool.map_or(fdt_addr(mem_size), |(base, _)| base);
         let size = usize::try_from(mem_size).unwrap_or(usize::MAX);
         let model = cfg.memory.unwrap_or_else(|| {
             let cap = vm.check_extension_raw(c_ulong::from(kvm_bindings::KVM_CAP_GUEST_MEMFD));
@@ -207,8 +274,14 @@ impl Machine {
         dont_fork(&mem)?;
         register_memory(&vm, &mem, model)?;
         let loaded = load_kernel(&mem, mem_size, &cfg.kernel)?;
+        if loaded.end > initrd_limit {
+            return Err(VmmError::Memory(format!(
+                "the kernel ends at {:#x}, past the DMA pool or DTB at {initrd_limit:#x}: give the guest more --mem",
+                loaded.end
+            )));
+        }
         let initrd = match &cfg.initrd {
-            Some(path) => Some(load_initrd(&mem, path, loaded.end, fdt_addr(mem_size))?),
+            Some(path) => Some(load_initrd(&mem, path, loaded.end, initrd_limit)?),
             None => None,
         };
         let dtb = create_fdt(&FdtConfig {
@@ -216,6 +289,8 @@ impl Machine {
             mem_size,
             cmdline: cfg.cmdline.clone(),
             initrd,
+            dma_pool: pool,
+            virtio,
         })
         .map_err(|e| VmmError::Memory(format!("building the DTB: {e}")))?;
         mem.write_slice(&dtb, GuestAddress(fdt_addr(mem_size)))
@@ -225,18 +300,53 @@ impl Machine {
         for i in 0..cfg.vcpus {
             vcpus.push(create_vcpu(&vm, i, loaded.entry, fdt_addr(mem_size))?);
         }
+        // A protected guest shares pages one by one (MEM_SHARE); a normal
+        // guest's memory is all the host's to read.
+        let shared = if cfg.protected {
+            SharedPages::none(RAM_BASE, mem_size)
+        } else {
+            SharedPages::all(RAM_BASE, mem_size)
+        };
+        let ram = Arc::new(GuestRam::new(mem, shared));
+        let injector_vm = Arc::clone(&vm);
+        let injector = move |vcpu: u32, intid: u32| {
+            injector_vm
+                .set_irq_line(kvm_irq_line_spi(vcpu, intid), true)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        };
+        let gic = Arc::new(Gic::new(cfg.vcpus, Box::new(injector))?);
+        let console_reads_stdin = plan.console_reads_stdin();
+        let devices = plan.build(&ram, &gic, cfg.protected);
         Ok(Self {
             vm,
-            mem,
+            ram,
             vcpus,
             model,
+            gic,
+            devices,
+            console_reads_stdin,
         })
     }
 
     /// The guest's RAM as this process maps it (for a protected VM, pages
     /// the guest has touched are the guest's: reading them faults).
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.ram.backend()
+    }
+
+    /// Guest RAM as devices see it: only the pages the guest shared.
+    pub fn guest_ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    /// The interrupt controller.
+    pub fn gic(&self) -> &Arc<Gic> {
+        &self.gic
+    }
+
+    /// The virtio transports, in slot order.
+    pub fn virtio(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.devices.transports.clone()
     }
 
     /// Where its RAM comes from.
@@ -267,6 +377,7 @@ impl Machine {
         // Each thread's pthread_t, for kicks.
         // (As an address-sized integer: musl's pthread_t is a pointer.)
         let ids: Vec<Mutex<Option<usize>>> = self.vcpus.iter().map(|_| Mutex::new(None)).collect();
+        let shared = self.ram.shared();
         std::thread::scope(|s| {
             let mut threads = Vec::new();
             for ((index, vcpu), id) in self.vcpus.iter_mut().enumerate().zip(&ids) {
@@ -278,7 +389,7 @@ impl Machine {
                             // SAFETY: pthread_self has no preconditions.
                             *id = Some(unsafe { libc::pthread_self() } as usize);
                         }
-                        let r = run_vcpu(index, vcpu, bus, counts, stop);
+                        let r = run_vcpu(index, vcpu, bus, counts, shared, stop);
                         if let Some(r) = r {
                             if let Ok(mut o) = outcome.lock() {
                                 o.get_or_insert(r);
@@ -346,15 +457,50 @@ pub fn run(cfg: &VmConfig, console: impl Write + Send) -> Result<GuestEnd, VmmEr
         );
         0
     }));
-    let bus = Bus::new(console, test);
+    let bus = Bus::new(console, test)
+        .with_gic(Arc::clone(machine.gic()))
+        .with_virtio(machine.virtio());
+    // Keeps the terminal's settings until the guest is gone.
+    let _raw = machine
+        .console_reads_stdin
+        .then(|| crate::term::RawGuard::new(libc::STDIN_FILENO))
+        .flatten();
+    if machine.console_reads_stdin {
+        if let Some((input, transport)) = &machine.devices.console_input {
+            // Detached: it ends with stdin, or with the process.
+            spawn_input_reader(std::io::stdin(), input.clone(), Arc::clone(transport))
+                .map_err(|e| VmmError::Thread(format!("console input: {e}")))?;
+        }
+    }
     let counts = ExitCounts::default();
     let end = machine.run(&bus, &counts);
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
         "cloister-vmm: guest shared {} and unshared {} pages; {} unclaimed MMIO accesses",
-        counts.shares.load(Ordering::Relaxed),
-        counts.unshares.load(Ordering::Relaxed),
-        counts.unclaimed_mmio.load(Ordering::Relaxed)
+        n(&counts.shares),
+        n(&counts.unshares),
+        n(&counts.unclaimed_mmio)
     );
+    eprintln!(
+        "cloister-vmm: exits: gic {} virtio {} notify {} uart {} test {} eintr {}; SPIs injected {}",
+        n(&counts.gic_mmio),
+        n(&counts.virtio_mmio),
+        n(&counts.virtio_notifies),
+        n(&counts.uart_mmio),
+        n(&counts.test_dev_mmio),
+        n(&counts.interrupted),
+        n(&machine.gic().stats().injected)
+    );
+    for (slot, t) in machine.virtio().iter().enumerate() {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = t.stats();
+        eprintln!(
+            "cloister-vmm: virtio slot {slot} ({t:?}): {} notifies, {} interrupts, {} errors",
+            n(&stats.notifies),
+            n(&stats.interrupts),
+            n(&stats.errors)
+        );
+    }
     end
 }
 
@@ -364,6 +510,7 @@ fn run_vcpu<W: Write>(
     vcpu: &mut VcpuFd,
     bus: &Bus<W>,
     counts: &ExitCounts,
+    shared: &SharedPages,
     stop: &AtomicBool,
 ) -> Option<Result<GuestEnd, VmmError>> {
     loop {
@@ -372,7 +519,10 @@ fn run_vcpu<W: Write>(
         }
         let exit = match vcpu.run() {
             Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                counts.interrupted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(source) => {
                 return Some(Err(VmmError::Kvm {
                     what: "KVM_RUN",
@@ -381,16 +531,12 @@ fn run_vcpu<W: Write>(
             }
         };
         match exit {
-            VcpuExit::MmioRead(addr, data) => {
-                if !bus.read(addr, data) {
-                    counts.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
-                }
+            // A kick that ended KVM_RUN without an error (as EINTR does).
+            VcpuExit::Intr => {
+                counts.interrupted.fetch_add(1, Ordering::Relaxed);
             }
-            VcpuExit::MmioWrite(addr, data) => {
-                if !bus.write(addr, data) {
-                    counts.unclaimed_mmio.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            VcpuExit::MmioRead(addr, data) => counts.mmio(bus.read(addr, data)),
+            VcpuExit::MmioWrite(addr, data) => counts.mmio(bus.write(addr, data)),
             VcpuExit::SystemEvent(kind, _) => {
                 return Some(Ok(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestEnd::PowerOff,
@@ -406,11 +552,19 @@ fn run_vcpu<W: Write>(
                 }))
             }
             VcpuExit::Hypercall(h) => {
+                // Devices may touch the page from now on (share), or not
+                // any more (unshare: the guest already lost it to the hyp).
                 match h.nr {
-                    MEM_SHARE_FUNC_ID => counts.shares.fetch_add(1, Ordering::Relaxed),
-                    MEM_UNSHARE_FUNC_ID => counts.unshares.fetch_add(1, Ordering::Relaxed),
-                    _ => 0,
-                };
+                    MEM_SHARE_FUNC_ID => {
+                        shared.share(h.args[0]);
+                        counts.shares.fetch_add(1, Ordering::Relaxed);
+                    }
+                    MEM_UNSHARE_FUNC_ID => {
+                        shared.unshare(h.args[0]);
+                        counts.unshares.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
                 *h.ret = 0;
             }
             other => {
