@@ -740,9 +740,11 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "demo-shell",
-            what: "the demo boots to a busybox prompt and `poweroff` exits QEMU with status 0",
+            what: "the demo boots to the Linux guest's shell (stacks with a hyp and a [guest]), \
+                   whose `poweroff` leads to the host's busybox prompt, whose `poweroff` exits \
+                   QEMU with status 0",
             kind: Kind::DemoShell,
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(300),
             needs_hyp: false,
             smp: None,
         },
@@ -1183,6 +1185,9 @@ pub fn run_broken_disk(
 
 /// The prompt /etc/profile sets in the host shell.
 pub const HOST_PROMPT: &str = "cloister-host:";
+/// The Linux guest's shell prompt (`guest-image/guest-agent`'s PS1); its
+/// result lines (`cloister-guest: `) have a space where this has `/`.
+pub const GUEST_PROMPT: &str = "cloister-guest:/";
 
 /// Runs the demo-shell scenario with `cmd` as the QEMU command wired with the
 /// serial console on stdio.
@@ -1190,6 +1195,7 @@ pub fn run_demo_shell(
     scenario: &Scenario,
     mut cmd: Command,
     files: &ScenarioFiles,
+    guest_first: bool,
 ) -> Result<Verdict> {
     let qemu_log = std::fs::File::create(&files.qemu_log)?;
     let child = cmd
@@ -1220,6 +1226,15 @@ pub fn run_demo_shell(
     });
     let deadline = Instant::now() + scenario.timeout;
     let mut seen = Vec::new();
+    // (prompt to wait for, what it is) in order; `poweroff` answers each.
+    let mut steps: Vec<(&str, &str)> = Vec::new();
+    if guest_first {
+        steps.push((GUEST_PROMPT, "the Linux guest's shell prompt"));
+    }
+    steps.push((HOST_PROMPT, "the host shell prompt"));
+    let mut step = 0;
+    // Where in `seen` the current step's prompt may appear (after the last).
+    let mut from = 0;
     let mut sent_poweroff = false;
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -1229,10 +1244,9 @@ pub fn run_demo_shell(
             )));
         }
         if Instant::now() >= deadline {
-            let stage = if sent_poweroff {
-                "after `poweroff`"
-            } else {
-                "waiting for the shell prompt"
+            let stage = match steps.get(step) {
+                Some((_, what)) => format!("waiting for {what}"),
+                None => "after the last `poweroff`".to_string(),
             };
             return Ok(Verdict::Fail(with_console(
                 format!(
@@ -1246,10 +1260,15 @@ pub fn run_demo_shell(
         while let Ok(chunk) = rx.try_recv() {
             seen.extend_from_slice(&chunk);
         }
-        if !sent_poweroff && String::from_utf8_lossy(&seen).contains(HOST_PROMPT) {
-            stdin.write_all(b"poweroff\n")?;
-            stdin.flush()?;
-            sent_poweroff = true;
+        if let Some((prompt, _)) = steps.get(step) {
+            let text = String::from_utf8_lossy(&seen[from..]).into_owned();
+            if let Some(at) = text.find(prompt) {
+                from += at + prompt.len();
+                stdin.write_all(b"poweroff\n")?;
+                stdin.flush()?;
+                step += 1;
+                sent_poweroff = step == steps.len();
+            }
         }
         if let Some(status) = guard.0.try_wait()? {
             return Ok(match (sent_poweroff, status.success()) {
@@ -1263,8 +1282,9 @@ pub fn run_demo_shell(
                 )),
                 (false, _) => Verdict::Fail(with_console(
                     format!(
-                        "scenario {}: QEMU exited with {status} before the shell prompt",
-                        scenario.name
+                        "scenario {}: QEMU exited with {status} waiting for {}",
+                        scenario.name,
+                        steps.get(step).map_or("the end", |(_, what)| what)
                     ),
                     files,
                 )),

@@ -346,7 +346,10 @@ fn run_scenario(
             let paths = qemu::prepare_boot(stack, &paths, &opts, dir)?;
             let mut cmd = Command::new(qemu_path);
             cmd.args(qemu::args(stack, &paths, &opts));
-            e2e::run_demo_shell(scenario, cmd, &files)
+            // With a hypervisor and a [guest], the demo starts the Linux
+            // guest on the console first; its `poweroff` leads to the host.
+            let guest = stack.file.hyp.enabled && stack.file.guest.is_some();
+            e2e::run_demo_shell(scenario, cmd, &files, guest)
         }
         Kind::DamagedImage(damage) => {
             let damaged = dir.join("damaged.img");
