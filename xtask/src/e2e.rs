@@ -628,8 +628,8 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         agent(
             "vmm-garbage",
-            "bad ioctls, bad memory regions and a vCPU run twice at once get mainline's \
-             errors; no oops, no warning",
+            "bad ioctls, bad memory regions, bad KVM_IRQ_LINE arguments and a vCPU run twice at \
+             once get mainline's errors; no oops, no warning",
             &[
                 Expected::Is("garbage_unknown_ioctl", "ENOTTY"),
                 Expected::Is("garbage_vm_type", "EINVAL"),
@@ -641,6 +641,17 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::Is("garbage_region_bad_hva", "EINVAL"),
                 Expected::Is("garbage_vcpu_id", "EINVAL"),
                 Expected::Is("garbage_vcpu_twice", "EEXIST"),
+                Expected::Is("garbage_irq_type_cpu", "EINVAL"),
+                Expected::Is("garbage_irq_type_bad", "EINVAL"),
+                Expected::Is("garbage_irq_spi_low", "EINVAL"),
+                Expected::Is("garbage_irq_spi_high", "EINVAL"),
+                Expected::Is("garbage_irq_ppi_sgi", "EINVAL"),
+                Expected::Is("garbage_irq_ppi_high", "EINVAL"),
+                Expected::Is("garbage_irq_vcpu_absent", "EINVAL"),
+                Expected::Is("garbage_irq_vcpu_high", "EINVAL"),
+                Expected::Is("garbage_irq_spi_ok", "ok"),
+                Expected::Is("garbage_irq_ppi_ok", "ok"),
+                Expected::Is("garbage_irq_level0", "ok"),
                 Expected::Is("garbage_run_before_init", "ENOEXEC"),
                 Expected::Is("garbage_init_features", "EINVAL"),
                 Expected::Is("garbage_unknown_reg", "ENOENT"),

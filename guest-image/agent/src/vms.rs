@@ -1290,6 +1290,26 @@ pub fn vmm_garbage() -> Vec<Report> {
             .create_vcpu(0)
             .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
         out.push(fact("garbage_vcpu_twice", kvm_errno(vm.create_vcpu(0))));
+        // KVM_IRQ_LINE, KVM's arm64 encoding: type << 24 | vCPU << 16 |
+        // INTID. Bad types, INTIDs out of the type's range and vCPUs that
+        // do not exist are refused; a good SPI or PPI stays pending on
+        // vCPU 0 (its guest never enables its GIC), level 0 does nothing.
+        let irq = |ty: u32, vcpu: u32, intid: u32| ty << 24 | vcpu << 16 | intid;
+        for (key, line, level) in [
+            ("garbage_irq_type_cpu", irq(0, 0, 40), true),
+            ("garbage_irq_type_bad", irq(3, 0, 40), true),
+            ("garbage_irq_spi_low", irq(1, 0, 31), true),
+            ("garbage_irq_spi_high", irq(1, 0, 128), true),
+            ("garbage_irq_ppi_sgi", irq(2, 0, 15), true),
+            ("garbage_irq_ppi_high", irq(2, 0, 32), true),
+            ("garbage_irq_vcpu_absent", irq(1, 1, 40), true),
+            ("garbage_irq_vcpu_high", irq(1, 8, 40), true),
+            ("garbage_irq_spi_ok", irq(1, 0, 127), true),
+            ("garbage_irq_ppi_ok", irq(2, 0, 16), true),
+            ("garbage_irq_level0", irq(1, 0, 32), false),
+        ] {
+            out.push(fact(key, kvm_errno(vm.set_irq_line(line, level))));
+        }
         out.push(fact("garbage_run_before_init", kvm_errno(vcpu.run())));
         let mut init = kvm_vcpu_init::default();
         vm.get_preferred_target(&mut init)
