@@ -657,6 +657,12 @@ pub fn scenarios() -> Vec<Scenario> {
                 Expected::Is("garbage_unknown_reg", "ENOENT"),
                 Expected::Is("garbage_mmap_offset", "EINVAL"),
                 Expected::Is("garbage_run_twice", "EBUSY"),
+                Expected::Is(
+                    "garbage_exits_keys",
+                    "vcpu kvm_run interrupted mem_share mem_unshare system_event cpu_on \
+                     cpu_off halt mmio mem_fault kick errors",
+                ),
+                Expected::Is("garbage_exits_kvm_run", "2"),
             ],
             true,
         ),

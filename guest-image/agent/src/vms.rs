@@ -1373,6 +1373,22 @@ pub fn vmm_garbage() -> Vec<Report> {
             second
         });
         out.push(fact("garbage_run_twice", second));
+        // The driver's exit counters: one line for vCPU 0, its keys in
+        // order, and two KVM_RUN returns (ENOEXEC before init, EINTR).
+        let exits = vm_debugfs_of(std::process::id(), "exits")?;
+        let line = exits.lines().next().unwrap_or_default();
+        let keys: Vec<&str> = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+            .collect();
+        out.push(fact("garbage_exits_keys", keys.join(" ")));
+        out.push(fact(
+            "garbage_exits_kvm_run",
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("kvm_run="))
+                .unwrap_or("none")
+                .to_owned(),
+        ));
         drop(vcpu);
         drop(vm);
         out.push(host_alive());
