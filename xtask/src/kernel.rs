@@ -69,16 +69,21 @@ pub fn prepare_source(
     }
     let key = key.finish();
     let root = cache_dir.join("linux").join(short(&key));
-    // Host and guest kernels may use different trees; older ones go.
-    for gone in crate::cache::keep_recent(&cache_dir.join("linux"), &root, KEEP_TREES)? {
-        stage.log(&format!("removed stale Linux tree {}", gone.display()));
-    }
     let stamp = Stamp::new(&root, "tree");
     let tree = LinuxTree {
         dir: root.join("src"),
         key: key.clone(),
     };
+    // Host and guest kernels use different trees; older ones go. Marked
+    // once the tree is there: an unpack starts by emptying `root`.
+    let keep = |stage: &mut Stage| -> Result<()> {
+        for gone in crate::cache::keep_recent(&cache_dir.join("linux"), &root, KEEP_TREES)? {
+            stage.log(&format!("removed stale Linux tree {}", gone.display()));
+        }
+        Ok(())
+    };
     if stamp.is_fresh(&key, &[&tree.dir.join("Makefile")]) {
+        keep(stage)?;
         return Ok((
             tree,
             Outcome::Cached(format!("tree {} ({} patches)", short(&key), patches.len())),
@@ -108,6 +113,7 @@ pub fn prepare_source(
     std::fs::rename(&top, &tree.dir)?;
     let _ = std::fs::remove_dir_all(&unpack);
     stamp.record(&key)?;
+    keep(stage)?;
     Ok((
         tree,
         Outcome::Built(format!("unpacked, {} patches applied", patches.len())),

@@ -72,6 +72,20 @@ fn guest_conf() -> Result<GuestConf, String> {
     Ok(conf)
 }
 
+/// The stack's guest command line for a protected or normal VM. A
+/// protected guest loses `earlycon`: the early console writes the PL011
+/// before the pKVM guest driver has MMIO-guarded it, and a protected VM's
+/// access to an unguarded device page is an external abort (the hyp must
+/// not let the host answer it with forged device data), which kills the
+/// guest before it prints anything.
+fn guest_cmdline(cmdline: &str, protected: bool) -> String {
+    cmdline
+        .split_whitespace()
+        .filter(|w| !(protected && (*w == "earlycon" || w.starts_with("earlycon="))))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One guest run to start.
 struct GuestSpec<'a> {
     protected: bool,
@@ -107,7 +121,14 @@ fn start(conf: &GuestConf, spec: &GuestSpec<'_>) -> Result<RunningGuest, String>
         .args(["--mem", &conf.memory_mib.to_string()])
         .args(["--cpus", &conf.cpus.to_string()])
         .args(["--console", "-"])
-        .args(["--cmdline", &format!("{} {}", conf.cmdline, spec.args)])
+        .args([
+            "--cmdline",
+            &format!(
+                "{} {}",
+                guest_cmdline(&conf.cmdline, spec.protected),
+                spec.args
+            ),
+        ])
         .arg(if spec.protected {
             "--protected"
         } else {
