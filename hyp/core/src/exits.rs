@@ -247,6 +247,12 @@ pub enum PendingExit {
         /// The instruction is 32-bit.
         il32: bool,
     },
+    /// A guest call (MEM_SHARE) that needs the page at `ipa`: the vCPU's
+    /// PC is back on its HVC/SMC, to run it again once the page is there.
+    CallFault {
+        /// The IPA.
+        ipa: Ipa,
+    },
 }
 
 /// What the host said with `VCPU_RUN`'s `flags` and `data`.
@@ -305,6 +311,11 @@ pub fn settle_pending(
         Some(PendingExit::MemFault {
             far, fetch, il32, ..
         }) if still_unmapped => inject_external_abort(ctx, fetch, far, il32),
+        // The host gave no memory there: the call fails, as it would have.
+        Some(PendingExit::CallFault { .. }) if still_unmapped => {
+            ctx.x[0] = ret::INVALID_PARAMETER;
+            step_over(ctx, true);
+        }
         _ => {}
     }
 }
@@ -455,6 +466,17 @@ fn decide_guest_exit<H: Hal + ?Sized>(
             let Some(vcpu) = vm.vcpu_mut(index) else {
                 return INTERNAL;
             };
+            if let GuestOutcome::FaultIn { ipa } = outcome {
+                // Back onto the HVC (or the SMC stepped over above).
+                vcpu.ctx.pc = vcpu.ctx.pc.wrapping_sub(4);
+                vcpu.pending = Some(PendingExit::CallFault { ipa });
+                return ExitAction::Exit([
+                    ret::SUCCESS,
+                    exit::MEM_FAULT,
+                    ipa.raw(),
+                    mem_fault::WRITE,
+                ]);
+            }
             vcpu.ctx.x[..4].copy_from_slice(&outcome.regs());
             match outcome {
                 GuestOutcome::Return(_) => ExitAction::Resume,
@@ -463,6 +485,7 @@ fn decide_guest_exit<H: Hal + ?Sized>(
                     let [code, a, b] = exit.to_regs();
                     ExitAction::Exit([ret::SUCCESS, code, a, b])
                 }
+                GuestOutcome::FaultIn { .. } => INTERNAL,
             }
         }
         ec::WFX => {

@@ -585,6 +585,15 @@ pub enum GuestOutcome {
         /// What the host is told.
         exit: HostExit,
     },
+    /// The call names guest memory the host has not given yet (memory is
+    /// donated on first touch, and a guest may share a page it never
+    /// touched: Linux shares its whole DMA pool at boot). The glue leaves
+    /// `x0..x3` alone, exits `MEM_FAULT` for `ipa` and runs the call again
+    /// once the host mapped it (pKVM faults the page in the same way).
+    FaultIn {
+        /// The page the call needs.
+        ipa: Ipa,
+    },
 }
 
 impl GuestOutcome {
@@ -593,6 +602,7 @@ impl GuestOutcome {
         match *self {
             Self::Return(r) | Self::Halt(r) => r,
             Self::ExitToHost { regs, .. } => regs,
+            Self::FaultIn { .. } => [0; 4],
         }
     }
 }
@@ -828,6 +838,12 @@ pub fn handle_guest_call<H: Hal + ?Sized>(
         GuestCall::KvmFeatures => answer(u64::from(kvm_features(vm.kind()))),
         GuestCall::HypMeminfo => answer(HYP_MEMINFO_GRANULE),
         GuestCall::MemShare { ipa } => {
+            if ipa.is_page_aligned()
+                && ipa.raw() < crate::stage2::IPA_LIMIT
+                && !vm.is_guest_memory(ipa, hal)
+            {
+                return GuestOutcome::FaultIn { ipa };
+            }
             let Some(guest) = vm.mem.as_mut() else {
                 return INVALID;
             };

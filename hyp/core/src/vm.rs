@@ -1339,7 +1339,9 @@ impl VmTable {
         let vm = self.live_vm_mut(handle)?;
         let pending = Self::vcpu_of(vm, index)?.1.pending;
         let still_unmapped = match pending {
-            Some(PendingExit::MemFault { ipa, .. }) => !vm.is_guest_memory(ipa, hal),
+            Some(PendingExit::MemFault { ipa, .. } | PendingExit::CallFault { ipa }) => {
+                !vm.is_guest_memory(ipa, hal)
+            }
             _ => false,
         };
         let (_, vcpu) = Self::vcpu_of(vm, index)?;

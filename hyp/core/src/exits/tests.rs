@@ -583,3 +583,58 @@ fn debug_pmu_and_physical_timer_registers_read_as_zero_and_ignore_writes() {
         assert_eq!(classify_sysreg(iss), SysregTrap::Undef, "{iss:#x}");
     }
 }
+
+#[test]
+fn sharing_a_page_never_touched_faults_it_in_then_runs_the_call_again() {
+    let (mut mem, mut metas) = (tu::memory(), tu::metas());
+    let mut hal = tu::hal(&mut mem);
+    let mut r = rig(&mut metas, &mut hal);
+    let p = r.p;
+    // RAM + 2 pages was never donated: MEM_SHARE of it exits MEM_FAULT with
+    // the PC back on the HVC and x0..x3 as the guest left them.
+    let untouched = RAM + 2 * 4096;
+    let hvc = sync(ec::HVC64 << ESR_EC_SHIFT | ESR_IL, 0);
+    let share = |r: &mut Rig<'_>| {
+        r.ctx(p).x[0] = u64::from(kvm::MEM_SHARE);
+        r.ctx(p).x[1] = untouched;
+        r.ctx(p).pc = PC + 4; // ELR_EL2 of an HVC: past it
+    };
+    share(&mut r);
+    assert_eq!(
+        r.exit(p, hvc, &mut hal),
+        ExitAction::Exit([ret::SUCCESS, exit::MEM_FAULT, untouched, mem_fault::WRITE])
+    );
+    assert_eq!((r.ctx(p).pc, r.ctx(p).x[1]), (PC, untouched));
+    // The host runs it again without giving the page: the call fails.
+    assert_eq!(r.rerun(p, RunRequest::default(), &hal), Ok(()));
+    assert_eq!(
+        (r.ctx(p).x[0], r.ctx(p).pc),
+        (ret::INVALID_PARAMETER, PC + 4)
+    );
+    // Again, and this time the host donates the page first: the HVC runs
+    // again and the share reaches the host.
+    share(&mut r);
+    assert!(matches!(
+        r.exit(p, hvc, &mut hal),
+        ExitAction::Exit([_, exit::MEM_FAULT, ..])
+    ));
+    assert_eq!(r.vms.vcpu_put(p, 0), Ok(()));
+    let ram = Ipa::new(untouched);
+    assert_eq!(
+        r.vms
+            .donate(&mut r.mp, p, pfn(HOST_FIRST + 8), ram, 1, &mut hal),
+        Ok(())
+    );
+    assert_eq!(
+        r.vms.settle_pending(p, 0, RunRequest::default(), &hal),
+        Ok(())
+    );
+    assert_eq!(r.vms.vcpu_load(p, 0).map(|_| ()), Ok(()));
+    assert_eq!(r.ctx(p).pc, PC, "on the HVC, to run it again");
+    r.ctx(p).pc = PC + 4;
+    assert_eq!(
+        r.exit(p, hvc, &mut hal),
+        ExitAction::Exit([ret::SUCCESS, exit::MEM_SHARE, untouched, 0])
+    );
+    assert_eq!(r.ctx(p).x[0], ret::SUCCESS);
+}

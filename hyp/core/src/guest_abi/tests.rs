@@ -420,10 +420,17 @@ fn mem_share_and_unshare_go_through_mem_protect_and_tell_the_host() {
     assert_eq!(row.map(|m| m.host_state()), Some(PageState::SharedBorrowed));
     // Every failure is INVALID_PARAMETER and changes nothing.
     let before = snapshot(&w.mp, &hal);
+    // Memory the guest never touched: the host must fault it in first.
+    assert_eq!(
+        w.call(p, 0, kvm::MEM_SHARE, &[RAM + 0x10_0000], &mut hal),
+        GuestOutcome::FaultIn {
+            ipa: Ipa::new(RAM + 0x10_0000)
+        }
+    );
+    assert_eq!(snapshot(&w.mp, &hal), before);
     for (x0, args) in [
         (kvm::MEM_SHARE, [ipa.raw(), 0, 0]),       // already shared
         (kvm::MEM_SHARE, [ipa.raw() + 8, 0, 0]),   // unaligned
-        (kvm::MEM_SHARE, [RAM + 0x10_0000, 0, 0]), // not guest memory
         (kvm::MEM_SHARE, [IPA_LIMIT, 0, 0]),       // outside the IPA space
         (kvm::MEM_SHARE, [RAM, 1, 0]),             // range form: not offered
         (kvm::MEM_UNSHARE, [RAM, 0, 0]),           // not shared
