@@ -771,7 +771,7 @@ pub fn scenarios() -> Vec<Scenario> {
 /// What `linux-blk` and `linux-blk-anon` must report.
 const LINUX_BLK_FACTS: &[Expected] = &[
     Expected::Is("io_secret_devmem", "refused 10+"),
-    Expected::Is("shared_minus_pool_pages", "0"),
+    Expected::Is("shared_minus_dma_pools_pages", "0"),
     Expected::Is("disk_checksum", "matches the guest's"),
     Expected::Is("vmm_exit", "0"),
     Expected::Is("pages_not_host_delta", "0"),

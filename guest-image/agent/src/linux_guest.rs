@@ -362,13 +362,25 @@ fn host_frame(pid: u32, ipa: u64) -> Result<u64, String> {
         .ok_or_else(|| format!("gfn {:#x} not in the VM's page list", ipa >> 12))
 }
 
-/// Pages the VM of VMM `pid` has shared back with the host.
+/// `VM_STATS` of the VM of VMM `pid`, and the driver's `vm-<h>-exits`.
+fn vm_stats(pid: u32) -> Result<([u64; 4], String), String> {
+    let (handle, exits) = crate::vms::vm_handle_and_file(pid, "exits")?;
+    let raw = cloister_guest_agent::cmdline::parse_number(&handle)
+        .ok_or_else(|| format!("VM handle {handle:?}"))?;
+    let r = crate::hypercall_regs(&crate::call_line(
+        cloister_hyp_core::abi::hc::VM_STATS,
+        &[raw],
+    ))?;
+    if r[0] != cloister_hyp_core::abi::ret::SUCCESS {
+        return Err(format!("VM_STATS({handle}): {:#x} {:#x}", r[0], r[1]));
+    }
+    Ok((r, exits))
+}
+
+/// Pages the VM of VMM `pid` shares with the host now, as the hyp's page
+/// database counts them (`VM_STATS`): both memory models alike.
 fn shared_pages(pid: u32) -> Result<u64, String> {
-    let pages = vm_pages_of(pid)?;
-    Ok(pages
-        .lines()
-        .filter(|l| l.split_whitespace().any(|w| w == "shared"))
-        .count() as u64)
+    Ok(vm_stats(pid)?.0[3])
 }
 
 /// What probing the guest's secret page through /dev/mem saw, many times.
@@ -450,17 +462,25 @@ pub fn blk(memory: &'static str, blk_mib: u64) -> Vec<Report> {
                 }
                 Line::Fact { key, .. } if key == "waiting" => {
                     io_done = true;
+                    // The restricted pool (virtio's bounce buffers) and the
+                    // kernel's DMA atomic pools: the guest shares both.
                     let pool_mib = guest
                         .report
                         .fact("restricted_dma_pool")
                         .and_then(|p| p.split_whitespace().nth(1))
                         .and_then(|n| n.parse::<u64>().ok());
+                    let atomic_kib = guest
+                        .report
+                        .fact("dma_atomic_pools_kib")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0);
                     match (shared_pages(pid), pool_mib) {
                         (Ok(shared), Some(mib)) => {
                             out.push(fact("shared_pages", shared.to_string()));
+                            let pools = mib * 256 + atomic_kib / 4;
                             out.push(fact(
-                                "shared_minus_pool_pages",
-                                (i128::from(shared) - i128::from(mib * 256)).to_string(),
+                                "shared_minus_dma_pools_pages",
+                                (i128::from(shared) - i128::from(pools)).to_string(),
                             ));
                         }
                         (Err(e), _) => out.push(check("shared_pages", false, e)),
@@ -620,16 +640,7 @@ struct Transitions {
 }
 
 fn transitions(pid: u32) -> Result<Transitions, String> {
-    let (handle, exits) = crate::vms::vm_handle_and_file(pid, "exits")?;
-    let raw = cloister_guest_agent::cmdline::parse_number(&handle)
-        .ok_or_else(|| format!("VM handle {handle:?}"))?;
-    let r = crate::hypercall_regs(&crate::call_line(
-        cloister_hyp_core::abi::hc::VM_STATS,
-        &[raw],
-    ))?;
-    if r[0] != cloister_hyp_core::abi::ret::SUCCESS {
-        return Err(format!("VM_STATS({handle}): {:#x} {:#x}", r[0], r[1]));
-    }
+    let (r, exits) = vm_stats(pid)?;
     Ok(Transitions {
         guest_hyp: r[1],
         hyp_host: r[2],

@@ -85,6 +85,21 @@ pub fn restricted_pool(log: &str) -> Option<String> {
     })
 }
 
+/// KiB of the DMA atomic pools `kernel/dma/pool.c` preallocated ("DMA:
+/// preallocated 128 KiB GFP_KERNEL pool for atomic allocations"), summed:
+/// the kernel makes them decrypted, which a pKVM guest does by sharing them.
+pub fn atomic_pools_kib(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("DMA: preallocated ")? + "DMA: preallocated ".len()..];
+            let (kib, tail) = rest.split_once(" KiB ")?;
+            tail.contains("pool for atomic allocations")
+                .then(|| kib.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// The devices a reserved-memory node was assigned to, in log order.
 pub fn pool_devices(log: &str) -> Vec<String> {
     log.lines()
@@ -98,6 +113,15 @@ pub fn pool_devices(log: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_pools_are_summed_and_failures_ignored() {
+        let log = "[    0.18] DMA: preallocated 128 KiB GFP_KERNEL pool for atomic allocations\n\
+                   [    0.19] DMA: preallocated 256 KiB GFP_KERNEL|GFP_DMA32 pool for atomic allocations\n\
+                   [    0.20] DMA: failed to allocate 128 KiB GFP_KERNEL pool for atomic allocation\n";
+        assert_eq!(atomic_pools_kib(log), 384);
+        assert_eq!(atomic_pools_kib("nothing"), 0);
+    }
 
     const PKVM_LOG: &str = "\
 <6>[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x000f0510]

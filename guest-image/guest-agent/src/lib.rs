@@ -60,6 +60,7 @@
 //! | `pkvm_guest` | `active` when those features offer HYP_MEMINFO, MEM_SHARE and MEM_UNSHARE, the services `drivers/virt/coco/pkvm-guest` needs before it registers its memory-encryption hooks (it prints nothing itself), else `inactive` |
 //! | `mmio_guard` | `yes` when the features offer MMIO_GUARD (the driver then guards every device ioremap), else `no` |
 //! | `restricted_dma_pool` | `<base> <size> MiB` from `kernel/dma/swiotlb.c`'s `Reserved memory: created restricted DMA pool at ...`, or `none` |
+//! | `dma_atomic_pools_kib` | KiB of the kernel's DMA atomic pools (`kernel/dma/pool.c` makes them decrypted: a pKVM guest shares them too) |
 //! | `restricted_dma_devices` | the devices `drivers/of` attached a reserved-memory pool to (`... <dev>: assigned reserved memory node ...`), space-separated, or `none` |
 //!
 //! ## `randio` facts

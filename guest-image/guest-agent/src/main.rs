@@ -262,6 +262,10 @@ fn test_boot(out: &mut Output) {
             "restricted_dma_devices",
             none_if_empty(&bootlog::pool_devices(log)),
         ));
+        out.line(&Line::fact(
+            "dma_atomic_pools_kib",
+            bootlog::atomic_pools_kib(log),
+        ));
     }
     let result = match (&cpus, &log) {
         (Err(e), _) => Err(format!("/sys/devices/system/cpu/online: {e}")),

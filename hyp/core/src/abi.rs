@@ -174,8 +174,9 @@ pub mod hc {
     pub const OWNERSHIP_DIGEST: u32 = hc(0xb1);
     /// Debug: `VM_STATS(handle)` → `x1` = traps from the VM's vCPUs into
     /// the hyp, `x2` = how many of them ended `VCPU_RUN` (exits to the
-    /// host), `x3` = SGIs its vCPUs sent. For `cargo xtask bench io`'s
-    /// transitions per request.
+    /// host), `x3` = the VM's pages shared with the host now (the page
+    /// database's count). For `cargo xtask bench io`'s transitions per
+    /// request and the e2e check that a guest shared only its DMA pools.
     pub const VM_STATS: u32 = hc(0xb2);
 }
 
@@ -604,7 +605,7 @@ pub const HOST_CALLS: &[CallDesc] = &[
         name: "VM_STATS",
         id: hc::VM_STATS,
         args: &["handle"],
-        results: &["guest_traps", "host_exits", "sgis"],
+        results: &["guest_traps", "host_exits", "shared_pages"],
     },
 ];
 

@@ -419,12 +419,6 @@ pub fn handle_guest_exit<H: Hal + ?Sized>(
         if let ExitAction::Exit(_) = action {
             stats.host_exits = stats.host_exits.wrapping_add(1);
         }
-        if trap.vector == VECTOR_LOWER_SYNC
-            && trap.esr >> ESR_EC_SHIFT & 0x3f == ec::SYSREG
-            && trap.esr & (ISS_SYSREG_MASK | ISS_SYSREG_READ) == ICC_SGI1R_EL1
-        {
-            stats.sgis = stats.sgis.wrapping_add(1);
-        }
     }
     action
 }

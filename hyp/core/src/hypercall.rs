@@ -512,8 +512,11 @@ pub fn handle_host_call<H: Hal + ?Sized>(
                 u64::try_from(live).unwrap_or(u64::MAX),
             ]
         }
-        HostCall::VmStats { handle } => match vms.resolve(handle).and_then(|h| vms.stats(h)) {
-            Ok(s) => [ret::SUCCESS, s.guest_traps, s.host_exits, s.sgis],
+        HostCall::VmStats { handle } => match vms.resolve(handle).and_then(|h| {
+            let stats = vms.stats(h)?;
+            Ok((stats, state.db().shared_with_host(h)))
+        }) {
+            Ok((s, shared)) => [ret::SUCCESS, s.guest_traps, s.host_exits, shared],
             Err(e) => e.to_regs(),
         },
         _ => handle_mem_call(call, state, hal),

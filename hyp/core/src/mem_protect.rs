@@ -409,6 +409,19 @@ impl<'m> PageDb<'m> {
         self.meta
     }
 
+    /// How many of VM `vm`'s pages the host may read: the guest owns them
+    /// and the host holds them `SharedBorrowed` (`VM_STATS`).
+    pub fn shared_with_host(&self, vm: VmHandle) -> u64 {
+        let n = self
+            .as_slice()
+            .iter()
+            .filter(|m| {
+                m.owner() == Owner::Guest(vm) && m.host_state() == PageState::SharedBorrowed
+            })
+            .count();
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
     /// A 64-bit FNV-1a digest of every row (owner, VM handle, host state,
     /// hyp state, donation mark), in frame order, and the number of pages
     /// that are not exclusively the host's: two equal digests mean no page

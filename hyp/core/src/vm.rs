@@ -695,8 +695,6 @@ pub struct VmStats {
     pub guest_traps: u64,
     /// Those that ended `VCPU_RUN`: exits to the host.
     pub host_exits: u64,
-    /// SGIs the guest sent.
-    pub sgis: u64,
 }
 
 impl Vm {
@@ -710,7 +708,6 @@ impl Vm {
         stats: VmStats {
             guest_traps: 0,
             host_exits: 0,
-            sgis: 0,
         },
     };
 

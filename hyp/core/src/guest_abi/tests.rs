@@ -418,6 +418,7 @@ fn mem_share_and_unshare_go_through_mem_protect_and_tell_the_host() {
     );
     let row = w.mp.db().get(pfn(HOST_FIRST + 2));
     assert_eq!(row.map(|m| m.host_state()), Some(PageState::SharedBorrowed));
+    assert_eq!(w.mp.db().shared_with_host(p), 1, "VM_STATS's count");
     // Every failure is INVALID_PARAMETER and changes nothing.
     let before = snapshot(&w.mp, &hal);
     // Memory the guest never touched: the host must fault it in first.
@@ -429,12 +430,12 @@ fn mem_share_and_unshare_go_through_mem_protect_and_tell_the_host() {
     );
     assert_eq!(snapshot(&w.mp, &hal), before);
     for (x0, args) in [
-        (kvm::MEM_SHARE, [ipa.raw(), 0, 0]),       // already shared
-        (kvm::MEM_SHARE, [ipa.raw() + 8, 0, 0]),   // unaligned
-        (kvm::MEM_SHARE, [IPA_LIMIT, 0, 0]),       // outside the IPA space
-        (kvm::MEM_SHARE, [RAM, 1, 0]),             // range form: not offered
-        (kvm::MEM_UNSHARE, [RAM, 0, 0]),           // not shared
-        (kvm::MEM_UNSHARE, [ipa.raw(), 0, 1]),     // reserved x3
+        (kvm::MEM_SHARE, [ipa.raw(), 0, 0]),     // already shared
+        (kvm::MEM_SHARE, [ipa.raw() + 8, 0, 0]), // unaligned
+        (kvm::MEM_SHARE, [IPA_LIMIT, 0, 0]),     // outside the IPA space
+        (kvm::MEM_SHARE, [RAM, 1, 0]),           // range form: not offered
+        (kvm::MEM_UNSHARE, [RAM, 0, 0]),         // not shared
+        (kvm::MEM_UNSHARE, [ipa.raw(), 0, 1]),   // reserved x3
     ] {
         assert_eq!(
             w.call(p, 0, x0, &args, &mut hal),
