@@ -242,18 +242,9 @@ pub fn build_image(stack_name: &str, clean: bool) -> Result<Manifest> {
             },
             &overlay,
         )?;
-        let mut bytes = Vec::new();
-        initramfs::write_newc(&entries, &mut bytes)?;
-        std::fs::write(&initrd, &bytes)?;
+        let summary = initramfs::write_image(&entries, &initrd)?;
         stamp.record(&key)?;
-        Ok((
-            (),
-            Outcome::Built(format!(
-                "{} entries, {} KiB",
-                entries.len(),
-                bytes.len() / 1024
-            )),
-        ))
+        Ok(((), Outcome::Built(summary)))
     })?;
 
     // Copy the kernel out of its build tree so the stack directory holds

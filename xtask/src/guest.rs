@@ -98,18 +98,9 @@ pub fn build(i: &GuestInputs<'_>) -> Result<GuestBuild> {
         }
         stage.status("writing newc cpio");
         let entries = initramfs::guest_entries(std::fs::read(i.busybox)?, std::fs::read(&agent)?);
-        let mut bytes = Vec::new();
-        initramfs::write_newc(&entries, &mut bytes)?;
-        std::fs::write(&initramfs, &bytes)?;
+        let summary = initramfs::write_image(&entries, &initramfs)?;
         stamp.record(&key)?;
-        Ok((
-            (),
-            Outcome::Built(format!(
-                "{} entries, {} KiB",
-                entries.len(),
-                bytes.len() / 1024
-            )),
-        ))
+        Ok(((), Outcome::Built(summary)))
     })?;
     Ok(GuestBuild {
         kernel: kernel_build,

@@ -95,6 +95,18 @@ pub fn write_newc(entries: &[Entry], mut out: impl Write) -> Result<()> {
     Ok(())
 }
 
+/// Writes `entries` as a newc cpio to `path`; returns "N entries, K KiB".
+pub fn write_image(entries: &[Entry], path: &Path) -> Result<String> {
+    let mut bytes = Vec::new();
+    write_newc(entries, &mut bytes)?;
+    std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!(
+        "{} entries, {} KiB",
+        entries.len(),
+        bytes.len() / 1024
+    ))
+}
+
 /// Adds every file and directory under `overlay` (sorted, so the archive is
 /// reproducible), keeping the executable bit.
 pub fn overlay_entries(overlay: &Path) -> Result<Vec<Entry>> {

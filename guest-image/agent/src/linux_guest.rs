@@ -21,7 +21,7 @@ use cloister_guest_agent::pattern::{format_checksum, Checksum};
 use cloister_guest_agent::report::{self, Line};
 
 use crate::probe::{self, Probe};
-use crate::vms::{digest, fresh_seed, kernel_clean, scan_ram, vm_pages_of};
+use crate::vms::{digest, fresh_seed, kernel_clean, vm_pages_of};
 use crate::{check, fact, host_alive, map_devmem};
 
 const VMM: &str = "/bin/cloister-vmm";
@@ -599,27 +599,7 @@ pub fn teardown() -> Vec<Report> {
         }
         let _ = fs::remove_file(&disk);
         out.push(fact("teardown_kills_mid_io", kills.to_string()));
-        let (_, not_host, vms) = digest()?;
-        out.push(fact(
-            "teardown_pages_not_host_delta",
-            (i128::from(not_host) - i128::from(base_not_host)).to_string(),
-        ));
-        out.push(fact(
-            "teardown_live_vms_delta",
-            (i128::from(vms) - i128::from(base_vms)).to_string(),
-        ));
-        if not_host != base_not_host {
-            out.push(check(
-                "teardown_scan",
-                false,
-                "pages still away from the host; RAM scan skipped".into(),
-            ));
-            return Ok(out);
-        }
-        out.push(fact(
-            "teardown_secret_copies",
-            scan_ram(&seeds).map_or_else(|e| e, |n| n.to_string()),
-        ));
+        crate::vms::teardown_facts((base_not_host, base_vms), &seeds, &mut out)?;
         Ok(out)
     };
     let mut out = run().unwrap_or_else(|e| vec![check("teardown_run", false, e)]);

@@ -139,7 +139,7 @@ const SCENARIOS: &[(&str, &str)] = &[
 fn main() {
     let as_init = std::process::id() == 1;
     if as_init {
-        mount_pseudo_filesystems();
+        cloister_guest_agent::init::mount_pseudo_filesystems("cloister-agent");
     }
     let scenario = match std::env::args().nth(1) {
         Some(arg) if arg == "--list" => {
@@ -867,36 +867,9 @@ fn uname_release() -> io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn mount_pseudo_filesystems() {
-    for (fstype, target) in [
-        ("proc", "/proc"),
-        ("sysfs", "/sys"),
-        ("devtmpfs", "/dev"),
-        ("tmpfs", "/tmp"),
-    ] {
-        let _ = fs::create_dir_all(target);
-        mount(fstype, target);
-    }
-}
-
 fn mount(fstype: &str, target: &str) {
-    let c_type = std::ffi::CString::new(fstype).unwrap_or_default();
-    let c_target = std::ffi::CString::new(target).unwrap_or_default();
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c_type.as_ptr(),
-            c_target.as_ptr(),
-            c_type.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        eprintln!(
-            "cloister-agent: mount {fstype} on {target}: {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = cloister_guest_agent::init::mount(fstype, target) {
+        eprintln!("cloister-agent: mount {fstype} on {target}: {e}");
     }
 }
 

@@ -847,6 +847,38 @@ pub(crate) fn scan_ram(seeds: &[u64]) -> Result<usize, String> {
     Ok(hits)
 }
 
+/// After guests ended: how the pages away from the host and the live VMs
+/// changed since `base` (from [`digest`]), and, if every page is back, how
+/// many copies of the `seeds`' secrets a scan of host RAM finds.
+pub(crate) fn teardown_facts(
+    base: (u64, u64),
+    seeds: &[u64],
+    out: &mut Vec<Report>,
+) -> Result<(), String> {
+    let (base_not_host, base_vms) = base;
+    let (_, not_host, vms) = digest()?;
+    out.push(fact(
+        "teardown_pages_not_host_delta",
+        (i128::from(not_host) - i128::from(base_not_host)).to_string(),
+    ));
+    out.push(fact(
+        "teardown_live_vms_delta",
+        (i128::from(vms) - i128::from(base_vms)).to_string(),
+    ));
+    if not_host != base_not_host {
+        // Reading a page the hyp still gives a guest would fault the
+        // kernel's /dev/mem read; skip the scan.
+        out.push(check(
+            "teardown_scan",
+            false,
+            "pages still away from the host; RAM scan skipped".into(),
+        ));
+        return Ok(());
+    }
+    out.push(fact("teardown_secret_copies", scan_ram(seeds)?.to_string()));
+    Ok(())
+}
+
 /// `pvm-teardown`: a protected guest's secret after its VMM exits, and
 /// after its VMM is SIGKILLed while the guest runs (three times): every
 /// page back with the host and the secret nowhere in host RAM.
@@ -900,29 +932,7 @@ pub fn pvm_teardown(memory: &str) -> Vec<Report> {
             }
         }
         out.push(fact("teardown_kills", kills.to_string()));
-        let (_, not_host, vms) = digest()?;
-        out.push(fact(
-            "teardown_pages_not_host_delta",
-            (i128::from(not_host) - i128::from(base_not_host)).to_string(),
-        ));
-        out.push(fact(
-            "teardown_live_vms_delta",
-            (i128::from(vms) - i128::from(base_vms)).to_string(),
-        ));
-        if not_host != base_not_host {
-            // Reading a page the hyp still gives a guest would fault the
-            // kernel's /dev/mem read; skip the scan.
-            out.push(check(
-                "teardown_scan",
-                false,
-                "pages still away from the host; RAM scan skipped".into(),
-            ));
-            return Ok(out);
-        }
-        out.push(fact(
-            "teardown_secret_copies",
-            scan_ram(&seeds)?.to_string(),
-        ));
+        teardown_facts((base_not_host, base_vms), &seeds, &mut out)?;
         out.push(host_alive());
         out.push(kernel_clean());
         Ok(out)

@@ -103,6 +103,7 @@
 
 pub mod bootlog;
 pub mod cmdline;
+pub mod init;
 pub mod pattern;
 pub mod report;
 pub mod secret;

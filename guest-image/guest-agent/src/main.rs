@@ -30,7 +30,7 @@ const CHUNK: usize = 1 << 20;
 fn main() {
     let pid1 = std::process::id() == 1;
     if pid1 {
-        mount_pseudo_filesystems();
+        cloister_guest_agent::init::mount_pseudo_filesystems("cloister-guest-agent");
         // virtio-console adds its ports from a workqueue, so init can start
         // before hvc0 exists (the kernel then found no console to give init
         // as stdio, and std reopened fds 0-2 on /dev/null).
@@ -556,36 +556,6 @@ fn disk_size(dev: &str) -> io::Result<u64> {
 }
 
 // ---- PID 1 ----
-
-fn mount_pseudo_filesystems() {
-    for (fstype, target) in [
-        ("proc", "/proc"),
-        ("sysfs", "/sys"),
-        ("devtmpfs", "/dev"),
-        ("tmpfs", "/tmp"),
-    ] {
-        let _ = fs::create_dir_all(target);
-        let c_type = std::ffi::CString::new(fstype).unwrap_or_default();
-        let c_target = std::ffi::CString::new(target).unwrap_or_default();
-        // SAFETY: valid NUL-terminated strings that outlive the call; no data.
-        let rc = unsafe {
-            libc::mount(
-                c_type.as_ptr(),
-                c_target.as_ptr(),
-                c_type.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            // devtmpfs may already be mounted (DEVTMPFS_MOUNT on a disk root).
-            if err.raw_os_error() != Some(libc::EBUSY) {
-                eprintln!("cloister-guest-agent: mount {fstype} on {target}: {err}");
-            }
-        }
-    }
-}
 
 /// Waits up to `limit` for devtmpfs to show `path`.
 fn wait_for(path: &str, limit: Duration) {
