@@ -76,6 +76,15 @@ pub const DEFINITION: &str = "cloister-e2e";
 /// Where the demo initramfs keeps the agent.
 const AGENT_PATH: &str = "/sbin/cloister-agent";
 
+/// Kernel command line word that keeps the demo console in the host shell
+/// (`stacks/rootfs/host/etc/init.d/demo`): LAVA's jobs run the agent
+/// there, not in the Linux guest the demo otherwise starts first. A QEMU
+/// stack that boots a disk carries its command line in the disk's boot
+/// script; its demo starts the guest first, and its LAVA jobs would wait
+/// at the guest's prompt (none is run today: `cargo xtask test` runs LAVA
+/// on the default stack, which boots the kernel directly).
+pub const LAVA_DEMO_ARG: &str = "cloister.demo=host";
+
 /// The prompt LAVA waits for: the host's busybox shell (`/etc/profile`).
 pub const PROMPT: &str = "cloister-host:/#";
 
@@ -706,7 +715,7 @@ impl DeviceProfile for UBootBoardProfile {
 pub fn profile_for(stack: &Stack, manifest: &Manifest) -> Result<Box<dyn DeviceProfile>> {
     let paths = ArtifactPaths::from_manifest(manifest)?;
     if let Some(board) = &stack.file.board {
-        let cmdline = stack.file.kernel.cmdline.clone();
+        let cmdline = format!("{} {LAVA_DEMO_ARG}", stack.file.kernel.cmdline);
         if cmdline.contains(['\'', '\n']) {
             bail!(
                 "{}: key `kernel.cmdline` contains a single quote or a newline, which U-Boot's \
@@ -737,7 +746,7 @@ pub fn profile_for(stack: &Stack, manifest: &Manifest) -> Result<Box<dyn DeviceP
             disk: disk.clone(),
         },
         _ => {
-            let cmdline = stack.file.kernel.cmdline.clone();
+            let cmdline = format!("{} {LAVA_DEMO_ARG}", stack.file.kernel.cmdline);
             if cmdline.contains('"') {
                 bail!(
                     "{}: key `kernel.cmdline` contains a double quote, which LAVA's -append \

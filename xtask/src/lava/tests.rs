@@ -375,7 +375,7 @@ fn generated_jobs_and_device_dictionaries_pass_lavas_schema() {
                     assert_eq!(deployed["kernel"]["url"], url("cloister.img"));
                     assert_eq!(
                         deployed["kernel"]["image_arg"],
-                        "-kernel {kernel} -append \"console=ttyAMA0 earlycon\""
+                        "-kernel {kernel} -append \"console=ttyAMA0 earlycon cloister.demo=host\""
                     );
                 }
                 "qemu-virt-direct" => {
@@ -482,7 +482,7 @@ fn the_board_job_boots_cloister_img_through_u_boot_and_passes_lavas_schema() {
             "setenv serverip {SERVER_IP}",
             "tftp {KERNEL_ADDR} {KERNEL}",
             "tftp {DTB_ADDR} {DTB}",
-            "setenv bootargs 'earlycon'",
+            "setenv bootargs 'earlycon cloister.demo=host'",
             "{BOOTX}",
         ]
     );
