@@ -590,6 +590,9 @@ pub fn teardown() -> Vec<Report> {
                     _ => {}
                 }
             }
+            // `blk_device` comes just before the first write: give the IO a
+            // moment to be in flight (requests queued, buffers in the pool)
+            // so the kill lands mid-IO rather than at its door.
             std::thread::sleep(Duration::from_millis(300));
             let _ = guest.child.kill();
             let end = guest.finish(started)?;
