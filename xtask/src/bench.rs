@@ -220,7 +220,14 @@ fn bench_memory(stack_name: &str) -> Result<()> {
         bail!("--stack {stack_name} has no hypervisor; the memory bench needs one");
     }
     let work = crate::cloister_dir().join("bench").join("memory");
-    let facts = agent_facts(stack_name, "bench-memory", &work, MEMORY_BENCH_TIMEOUT)?;
+    let manifest = build::build_image(stack_name, false)?;
+    let facts = agent_facts(
+        &stack,
+        &manifest,
+        "bench-memory",
+        &work,
+        MEMORY_BENCH_TIMEOUT,
+    )?;
     println!("256 MiB protected guest, one boot of {stack_name}:");
     println!(
         "  {:46} {:>10} {:>12} {:>10}",
@@ -254,25 +261,24 @@ fn bench_memory(stack_name: &str) -> Result<()> {
 /// Boots `stack_name` with the agent running `scenario` and returns its
 /// facts; fails with the console's tail if a check failed or nothing came.
 fn agent_facts(
-    stack_name: &str,
+    stack: &stack::Stack,
+    manifest: &crate::manifest::Manifest,
     scenario: &str,
     work: &Path,
     timeout: Duration,
 ) -> Result<std::collections::BTreeMap<String, String>> {
     use cloister_agent::protocol::Report;
-    let root = crate::project_root();
-    let stack = stack::load(&root, stack_name)?;
-    let manifest = build::build_image(stack_name, false)?;
-    let paths = ArtifactPaths::from_manifest(&manifest)?;
+    let stack_name = &stack.name;
+    let paths = ArtifactPaths::from_manifest(manifest)?;
     let files = crate::e2e::ScenarioFiles::new(work)?;
     let opts = BootOptions {
         extra_cmdline: qemu::agent_cmdline(scenario),
         results: Some(files.results.clone()),
         ..BootOptions::new(Console::File(files.console.clone()))
     };
-    let paths = qemu::prepare_boot(&stack, &paths, &opts, work)?;
+    let paths = qemu::prepare_boot(stack, &paths, &opts, work)?;
     let mut cmd = Command::new(qemu::binary()?);
-    cmd.args(qemu::args(&stack, &paths, &opts));
+    cmd.args(qemu::args(stack, &paths, &opts));
     let spinner = ProgressBar::new_spinner();
     spinner.set_message(format!(
         "{scenario} on {stack_name} (console: {})",
@@ -356,10 +362,9 @@ fn plain_qemu_io(
     Ok(report)
 }
 
-/// Sequential MiB and random requests of the IO bench (the agent's
-/// `bench-io` uses the same).
-const IO_BENCH_MIB: u32 = 32;
-const IO_BENCH_RAND_OPS: u32 = 1000;
+use cloister_guest_agent::cmdline::{
+    BENCH_IO_MIB as IO_BENCH_MIB, BENCH_IO_RAND_OPS as IO_BENCH_RAND_OPS,
+};
 
 fn bench_io(stack_name: &str) -> Result<()> {
     let root = crate::project_root();
@@ -371,13 +376,15 @@ fn bench_io(stack_name: &str) -> Result<()> {
         bail!("--stack {stack_name} has no [guest] table; the IO bench boots its Linux guest");
     };
     let work = crate::cloister_dir().join("bench").join("io");
+    // One build serves the boot on Cloister and the plain-QEMU run.
+    let manifest = build::build_image(stack_name, false)?;
     let facts = agent_facts(
-        stack_name,
+        &stack,
+        &manifest,
         "bench-io",
         &work.join("cloister"),
         Duration::from_secs(900),
     )?;
-    let manifest = build::build_image(stack_name, false)?;
     let plain = plain_qemu_io(&manifest, &guest, &work.join("plain-qemu"))?;
 
     println!(

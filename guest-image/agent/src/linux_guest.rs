@@ -72,20 +72,6 @@ fn guest_conf() -> Result<GuestConf, String> {
     Ok(conf)
 }
 
-/// The stack's guest command line for a protected or normal VM. A
-/// protected guest loses `earlycon`: the early console writes the PL011
-/// before the pKVM guest driver has MMIO-guarded it, and a protected VM's
-/// access to an unguarded device page is an external abort (the hyp must
-/// not let the host answer it with forged device data), which kills the
-/// guest before it prints anything.
-fn guest_cmdline(cmdline: &str, protected: bool) -> String {
-    cmdline
-        .split_whitespace()
-        .filter(|w| !(protected && (*w == "earlycon" || w.starts_with("earlycon="))))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// One guest run to start.
 struct GuestSpec<'a> {
     protected: bool,
@@ -121,14 +107,7 @@ fn start(conf: &GuestConf, spec: &GuestSpec<'_>) -> Result<RunningGuest, String>
         .args(["--mem", &conf.memory_mib.to_string()])
         .args(["--cpus", &conf.cpus.to_string()])
         .args(["--console", "-"])
-        .args([
-            "--cmdline",
-            &format!(
-                "{} {}",
-                guest_cmdline(&conf.cmdline, spec.protected),
-                spec.args
-            ),
-        ])
+        .args(["--cmdline", &format!("{} {}", conf.cmdline, spec.args)])
         .arg(if spec.protected {
             "--protected"
         } else {
@@ -191,30 +170,14 @@ impl RunningGuest {
                     let Ok(line) = Line::parse(&raw[at + report::PREFIX.len()..]) else {
                         continue;
                     };
-                    self.record(&line);
+                    // A malformed run (a fact twice) keeps its first value;
+                    // the checks on the facts fail on what was kept.
+                    let _ = self.report.push(line.clone());
                     return Ok(Some(line));
                 }
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => return Err(()),
             }
-        }
-    }
-
-    fn record(&mut self, line: &Line) {
-        match line {
-            Line::Fact { key, value } => self.report.facts.push((key.clone(), value.clone())),
-            Line::Check {
-                number,
-                ok,
-                name,
-                detail,
-            } => self.report.checks.push(report::Check {
-                number: *number,
-                ok: *ok,
-                name: name.clone(),
-                detail: detail.clone(),
-            }),
-            Line::Result { pass } => self.report.result = Some(*pass),
         }
     }
 
@@ -647,15 +610,15 @@ pub fn bench_io() -> Vec<Report> {
 }
 
 fn bench_one(label: &str, protected: bool, out: &mut Vec<Report>) -> Result<(), String> {
-    const BENCH_MIB: u64 = 32;
     let conf = guest_conf()?;
-    let disk = disk_file("bench-io", BENCH_MIB.max(conf.disk_mib))?;
+    use cloister_guest_agent::cmdline::{BENCH_IO_MIB, BENCH_IO_RAND_OPS};
+    let disk = disk_file("bench-io", u64::from(BENCH_IO_MIB).max(conf.disk_mib))?;
     let spec = GuestSpec {
         protected,
         memory: None,
         args: format!(
-            "cloister.test=boot,blk,randio,wait,poweroff cloister.blk_mib={BENCH_MIB} \
-             cloister.seed={:#x} cloister.rand_ops=1000",
+            "cloister.test=boot,blk,randio,wait,poweroff cloister.blk_mib={BENCH_IO_MIB} \
+             cloister.seed={:#x} cloister.rand_ops={BENCH_IO_RAND_OPS}",
             fresh_seed()
         ),
         disk: Some(&disk),

@@ -17,6 +17,13 @@ pub const RAND_OPS_KEY: &str = "cloister.rand_ops";
 /// Default of [`RAND_OPS_KEY`].
 pub const DEFAULT_RAND_OPS: u64 = 2000;
 
+/// What `cargo xtask bench io` runs in every configuration (on Cloister
+/// through the host agent's `bench-io`, on plain QEMU from xtask): MiB of
+/// sequential IO and 4 KiB random requests of each kind.
+pub const BENCH_IO_MIB: u32 = 32;
+/// See [`BENCH_IO_MIB`].
+pub const BENCH_IO_RAND_OPS: u32 = 1000;
+
 /// `cloister.blk_mib` when absent.
 pub const DEFAULT_BLK_MIB: u64 = 64;
 /// `cloister.seed` when absent.

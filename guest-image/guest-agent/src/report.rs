@@ -140,36 +140,42 @@ impl Report {
             let Some(at) = raw.find(PREFIX) else {
                 continue;
             };
-            let line_no = i + 1;
-            if report.result.is_some() {
-                return Err(format!(
-                    "line {line_no}: result line after result=: {raw:?}"
-                ));
-            }
-            match Line::parse(&raw[at + PREFIX.len()..])
-                .map_err(|e| format!("line {line_no}: {e}"))?
-            {
-                Line::Fact { key, value } => {
-                    if report.fact(&key).is_some() {
-                        return Err(format!("line {line_no}: fact {key} given twice"));
-                    }
-                    report.facts.push((key, value));
-                }
-                Line::Check {
-                    number,
-                    ok,
-                    name,
-                    detail,
-                } => report.checks.push(Check {
-                    number,
-                    ok,
-                    name,
-                    detail,
-                }),
-                Line::Result { pass } => report.result = Some(pass),
-            }
+            let line = Line::parse(&raw[at + PREFIX.len()..])
+                .map_err(|e| format!("line {}: {e}", i + 1))?;
+            report
+                .push(line)
+                .map_err(|e| format!("line {}: {e}: {raw:?}", i + 1))?;
         }
         Ok(report)
+    }
+
+    /// Adds one result line, as it comes. A fact given twice and anything
+    /// after `result=` are errors (and leave the report as it was).
+    pub fn push(&mut self, line: Line) -> Result<(), String> {
+        if self.result.is_some() {
+            return Err("result line after result=".into());
+        }
+        match line {
+            Line::Fact { key, value } => {
+                if self.fact(&key).is_some() {
+                    return Err(format!("fact {key} given twice"));
+                }
+                self.facts.push((key, value));
+            }
+            Line::Check {
+                number,
+                ok,
+                name,
+                detail,
+            } => self.checks.push(Check {
+                number,
+                ok,
+                name,
+                detail,
+            }),
+            Line::Result { pass } => self.result = Some(pass),
+        }
+        Ok(())
     }
 
     /// The value of fact `key`.

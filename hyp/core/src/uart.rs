@@ -177,27 +177,20 @@ impl UartKind {
 
     /// The register a byte to send is written to.
     pub const fn data_reg(self) -> Reg {
-        match self {
-            Self::Pl011 => Reg {
-                offset: PL011_DR,
-                width: IoWidth::U32,
-            },
-            Self::Ns16550 {
-                reg_shift,
-                width,
-                reg_offset,
-            } => Reg {
-                offset: reg_offset as u64 + (NS16550_THR << reg_shift),
-                width,
-            },
-        }
+        self.reg(PL011_DR, NS16550_THR)
     }
 
     /// The register polled before each byte.
     pub const fn status_reg(self) -> Reg {
+        self.reg(PL011_FR, NS16550_LSR)
+    }
+
+    /// PL011 register `pl011` (a byte offset), or 16550 register `ns16550`
+    /// (an index, scaled by `reg_shift`), as this UART lays them out.
+    const fn reg(self, pl011: u64, ns16550: u64) -> Reg {
         match self {
             Self::Pl011 => Reg {
-                offset: PL011_FR,
+                offset: pl011,
                 width: IoWidth::U32,
             },
             Self::Ns16550 {
@@ -205,7 +198,7 @@ impl UartKind {
                 width,
                 reg_offset,
             } => Reg {
-                offset: reg_offset as u64 + (NS16550_LSR << reg_shift),
+                offset: reg_offset as u64 + (ns16550 << reg_shift),
                 width,
             },
         }
